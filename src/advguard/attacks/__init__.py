@@ -1,0 +1,24 @@
+"""Attacks: a verified-result protocol (:class:`Attack`), our own attacks, model wrappers (BPDA,
+EOT, majority vote) and adapters to maintained libraries."""
+
+from advguard.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackResult,
+    LogitsOf,
+    ThreatModel,
+    as_logits_model,
+    make_attack,
+    resolve_target,
+)
+from advguard.attacks.fgsm import FGSM
+from advguard.attacks.losses import LOSSES, get_loss
+from advguard.attacks.pgd import PGD
+from advguard.attacks.transfer import Transfer, transfer
+from advguard.attacks.wrappers import BPDA, EOT, MajorityVote, input_gradient, per_example_loss
+
+__all__ = [
+    "ATTACKS", "BPDA", "EOT", "FGSM", "LOSSES", "PGD", "Attack", "AttackResult", "LogitsOf",
+    "MajorityVote", "ThreatModel", "Transfer", "as_logits_model", "get_loss", "input_gradient",
+    "make_attack", "per_example_loss", "resolve_target", "transfer",
+]

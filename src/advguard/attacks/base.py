@@ -1,0 +1,282 @@
+"""The attack protocol: a threat model, a result record, and a base class whose final
+``__call__`` owns validation, target resolution, clipping, verification and bookkeeping, so that a
+subclass implements one method, :meth:`Attack.perturb` (house rule 1, after foolbox 3).
+
+Every result is verified: finite, inside the bounds and inside the ε-ball (float tolerance
+``1e-6``). A violation raises :class:`~advguard.errors.AttackVerificationError` — it is a bug, never
+a number.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, final
+
+import torch
+from torch import nn
+
+from advguard.errors import AttackVerificationError, ConfigError, InputValidationError
+from advguard.registry import Registry
+from advguard.utils import check_images, check_labels
+
+Norm = Literal["linf", "l2"]
+Target = torch.Tensor | Literal["least_likely", "random"] | None
+NORMS: tuple[str, ...] = ("linf", "l2")
+TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Perturbations ``δ`` with ``‖δ‖_norm ≤ eps`` and ``x + δ`` inside ``bounds``."""
+
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; use one of {NORMS}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps)) or self.eps < 0:
+            raise ConfigError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ConfigError(f"bounds must satisfy low < high, got {self.bounds}")
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-example ``‖x_adv − x‖`` in this norm, shape (N,)."""
+        d = (x_adv - x).flatten(1)
+        if self.norm == "linf":
+            return d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])
+        return d.norm(p=2, dim=1)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Project onto the ε-ball around ``x`` and then into the bounds (for L∞ this is the exact
+        projection onto the intersection; for L2 the ball projection is followed by clipping,
+        which keeps the result inside both)."""
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+            factor = (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+            delta = delta * factor
+        return (x + delta).clamp(*self.bounds)
+
+    def verify(self, x_adv: torch.Tensor, x: torch.Tensor, *, who: str = "attack") -> None:
+        """Raise :class:`AttackVerificationError` unless ``x_adv`` is finite, in bounds and in the
+        ball (tolerance 1e-6, plus a relative 1e-5 of ε for accumulated float error)."""
+        if x_adv.shape != x.shape:
+            raise AttackVerificationError(
+                f"{who} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x_adv).all()):
+            raise AttackVerificationError(f"{who} returned non-finite values")
+        lo, hi = self.bounds
+        if bool((x_adv < lo - TOLERANCE).any()) or bool((x_adv > hi + TOLERANCE).any()):
+            raise AttackVerificationError(
+                f"{who} left the bounds {self.bounds}: values in "
+                f"[{float(x_adv.min()):.6g}, {float(x_adv.max()):.6g}]")
+        if x.shape[0]:
+            dist = float(self.distance(x_adv.double(), x.double()).max())
+            if dist > self.eps * (1 + 1e-5) + TOLERANCE:
+                raise AttackVerificationError(
+                    f"{who} left its {self.norm} ε-ball: distance {dist:.8g} > eps {self.eps:.8g}")
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack returns.
+
+    ``adv``: adversarial inputs (N,C,H,W), verified. ``success``: (N,) bool — the model's
+    prediction on ``adv`` is wrong (untargeted) or the target (targeted), in one evaluation (for a
+    randomized model, one draw). ``target``: the targets, or None. ``queries``: forward passes per
+    example, averaged over the batch (gradient and prediction calls). ``iterations``: attack steps
+    per restart. ``info``: attack-specific extras.
+    """
+
+    adv: torch.Tensor
+    success: torch.Tensor
+    target: torch.Tensor | None
+    queries: float
+    iterations: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+
+class QueryCounter(nn.Module):
+    """Wraps a model and counts the examples it is asked to classify (its ``queries``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.examples = 0
+        self.traits = getattr(model, "traits", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.examples += int(x.shape[0])
+        return self.model(x)
+
+    def expected_loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                      loss: Any) -> torch.Tensor:
+        """Forward :class:`~advguard.attacks.wrappers.EOT`'s expectation (counting every draw)."""
+        inner = getattr(self.model, "expected_loss", None)
+        if callable(inner):
+            self.examples += int(x.shape[0]) * int(getattr(self.model, "samples", 1))
+            return inner(x, y, target, loss)
+        return loss(self(x), y, target)
+
+
+def _output_kind(model: nn.Module) -> str:
+    traits = getattr(model, "traits", None)
+    return str(getattr(traits, "output", "logits"))
+
+
+class LogitsOf(nn.Module):
+    """Present a probability-output model as a logits model (``log p``; softmax(log p) = p)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        inner = getattr(model, "traits", None)
+        self.traits = dataclasses.replace(inner, output="logits") if inner is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).clamp_min(1e-12).log()
+
+
+def as_logits_model(model: nn.Module) -> nn.Module:
+    """``model`` unchanged if it outputs logits, else wrapped in :class:`LogitsOf`."""
+    return LogitsOf(model) if _output_kind(model) == "probs" else model
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(abc.ABC):
+    """Base class: an attack within a threat model ``(norm, eps, bounds=(0, 1))``.
+
+    Subclasses are frozen keyword-only dataclasses (their fields are their hyper-parameters, with
+    uniform names ``eps``, ``alpha``, ``steps``) and implement :meth:`perturb`.
+
+    Calling ``attack(model, x, y, target=None, generator=None)``:
+
+    * ``model``: nn.Module mapping (N,C,H,W) in [0,1] to scores (N,K) (logits; a defense that
+      declares ``traits.output == "probs"`` is converted to log-probabilities);
+    * ``x``: float (N,C,H,W) in [0,1]; ``y``: int64 (N,) true labels;
+    * ``target``: None (untargeted), a tensor of target labels, ``"least_likely"`` (the class with
+      the lowest clean score) or ``"random"`` (uniform over the other classes);
+    * ``generator``: the source of all randomness (a fresh unseeded one if None).
+
+    The model is used as given (its train/eval mode is not changed); input gradients are taken
+    with ``torch.autograd.grad``, so no parameter ``.grad`` is touched.
+    """
+
+    name: ClassVar[str] = "attack"
+    eps: float
+    norm: Norm = "linf"
+
+    def __post_init__(self) -> None:
+        ThreatModel(self.norm, self.eps)  # validates norm and eps
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value if isinstance(value, (int, float, str, bool, type(None), tuple,
+                                                      list, dict)) else type(value).__name__
+        return out
+
+    @abc.abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Return candidate adversarial inputs for ``x`` (same shape). ``target`` is None for
+        untargeted attacks. The base class verifies and clips the result."""
+
+    @final
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 target: Target = None, generator: torch.Generator | None = None
+                 ) -> AttackResult:
+        check_images(x)
+        if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+            raise InputValidationError(
+                f"labels must be a tensor of shape ({x.shape[0]},), got "
+                f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+        check_labels(y, x.shape[0])
+        y = y.to(x.device)
+        if generator is None:
+            generator = torch.Generator(device=x.device)
+            generator.seed()
+        elif generator.device != x.device:
+            raise InputValidationError(
+                f"generator is on {generator.device} but inputs are on {x.device}")
+        counter = QueryCounter(as_logits_model(model))
+        with torch.no_grad():
+            clean_logits = counter(x)
+        num_classes = clean_logits.shape[1]
+        check_labels(y, x.shape[0], num_classes)
+        resolved = resolve_target(target, clean_logits, y, generator)
+
+        adv = self.perturb(counter, x, y, target=resolved, generator=generator)
+        self.threat.verify(adv, x, who=f"{self.name} attack")
+        adv = self.threat.project(adv.detach().to(x.dtype), x)
+
+        with torch.no_grad():
+            adv_pred = counter(adv).argmax(1)
+            clean_pred = clean_logits.argmax(1)
+        if resolved is None:
+            success = adv_pred != y
+            # an input the model already gets wrong is its own adversarial example
+            keep_clean = ~success & (clean_pred != y)
+        else:
+            success = adv_pred == resolved
+            keep_clean = ~success & (clean_pred == resolved)
+        if bool(keep_clean.any()):
+            adv = torch.where(keep_clean.view(-1, 1, 1, 1), x, adv)
+            success = success | keep_clean
+        return AttackResult(adv=adv, success=success, target=resolved,
+                            queries=counter.examples / max(1, x.shape[0]),
+                            iterations=int(getattr(self, "steps", 1)),
+                            info={"attack": self.to_dict()})
+
+
+def resolve_target(target: Target, clean_logits: torch.Tensor, y: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor | None:
+    """Turn the ``target`` argument into a label tensor (or None for untargeted)."""
+    n, k = clean_logits.shape
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target == "least_likely":
+            return clean_logits.argmin(1)
+        if target == "random":
+            offset = torch.randint(1, k, (n,), generator=generator, device=generator.device)
+            return (y + offset.to(y.device)) % k
+        raise InputValidationError(
+            f"target must be a tensor, 'least_likely', 'random' or None, got {target!r}")
+    if not isinstance(target, torch.Tensor):
+        raise InputValidationError(f"target must be a tensor of labels, got {type(target)}")
+    target = target.to(y.device)
+    check_labels(target, n, k, name="targets")
+    return target
+
+
+# --------------------------------------------------------------------------- registry
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def make_attack(name: str, **kwargs: Any) -> Attack:
+    """Instantiate a registered attack from keyword arguments (e.g. from a config)."""
+    cls = ATTACKS.get(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"bad arguments for attack {name!r}: {exc} (allowed: {allowed})") \
+            from None

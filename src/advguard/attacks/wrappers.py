@@ -1,0 +1,143 @@
+"""Model wrappers that turn any defense into something gradient (or decision) attacks can use.
+
+* :class:`BPDA` — Backward Pass Differentiable Approximation (Athalye, Carlini, Wagner, ICML 2018):
+  the forward pass of the defense, with each non-differentiable part's gradient taken from its
+  declared surrogate (identity by default).
+* :class:`EOT` — Expectation over Transformation (Athalye et al. 2018): attacks that see this
+  wrapper average their loss **gradients** over ``samples`` draws of the defense's randomness (the
+  draws run as one batched forward, chunked); used as a plain module, it returns
+  ``log mean_i softmax(f_i(x))``.
+* :class:`MajorityVote` — hard-label majority over ``samples`` draws, for decision-based attacks on
+  randomized defenses (foolbox's HopSkipJump and Boundary fail on a model whose decision flips
+  between identical calls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advguard.attacks.base import as_logits_model
+
+LossOnLogits = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class BPDA(nn.Module):
+    """Forward = the defense's forward; backward through its declared BPDA surrogates.
+
+    Example::
+
+        attack(BPDA(Pipeline([BitDepthReduction(bits=3)], model)), x, y)
+    """
+
+    def __init__(self, defense: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(defense, "forward_bpda"):
+            raise TypeError("BPDA needs a Defense (with forward_bpda); wrap plain models with "
+                            "advguard.defenses.as_defense")
+        self.defense = defense
+        self.traits = getattr(defense, "traits", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = self.defense.forward_bpda
+        assert callable(fn)
+        return fn(x)
+
+
+def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    return None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
+
+
+class EOT(nn.Module):
+    """Average over ``samples`` draws of a randomized model's randomness.
+
+    ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws, whose
+    input gradient is the EOT gradient. ``chunk`` bounds how many copies of the batch run in one
+    forward (memory).
+    """
+
+    def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.model = as_logits_model(model)
+        self.samples = int(samples)
+        self.chunk = max(1, int(chunk))
+
+    def _draw_chunks(self) -> list[int]:
+        sizes, left = [], self.samples
+        while left > 0:
+            sizes.append(min(self.chunk, left))
+            left -= sizes[-1]
+        return sizes
+
+    def expected_loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                      loss: LossOnLogits) -> torch.Tensor:
+        total = x.new_zeros(x.shape[0], dtype=torch.float32)
+        for k in self._draw_chunks():
+            logits = self.model(x.repeat(k, 1, 1, 1))
+            rep_y = _repeat(y, k)
+            assert rep_y is not None
+            values = loss(logits, rep_y, _repeat(target, k))
+            total = total + values.view(k, x.shape[0]).sum(0)
+        return total / self.samples
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs: torch.Tensor | None = None
+        for k in self._draw_chunks():
+            p = self.model(x.repeat(k, 1, 1, 1)).float().softmax(-1)
+            p = p.view(k, x.shape[0], -1).sum(0)
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        return (probs / self.samples).clamp_min(1e-12).log()
+
+
+class MajorityVote(nn.Module):
+    """Hard-label majority vote over ``samples`` draws; returns one-hot vote fractions as scores
+    (argmax = majority class, ties to the lowest index). Not differentiable (decision-based
+    attacks only)."""
+
+    def __init__(self, model: nn.Module, samples: int = 10, *, chunk: int = 10) -> None:
+        super().__init__()
+        self.model = as_logits_model(model)
+        self.samples = int(samples)
+        self.chunk = max(1, int(chunk))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        votes: torch.Tensor | None = None
+        left = self.samples
+        while left > 0:
+            k = min(self.chunk, left)
+            out = self.model(x.repeat(k, 1, 1, 1))
+            onehot = F.one_hot(out.argmax(-1), out.shape[-1]).float()
+            v = onehot.view(k, x.shape[0], -1).sum(0)
+            votes = v if votes is None else votes + v
+            left -= k
+        assert votes is not None
+        return votes / self.samples
+
+
+def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     target: torch.Tensor | None, loss: LossOnLogits) -> torch.Tensor:
+    """The attack objective per example; through :class:`EOT` (also behind counting or logit
+    adapters that forward ``expected_loss``) it is the expectation over draws."""
+    expected = getattr(model, "expected_loss", None)
+    if callable(expected):
+        return expected(x, y, target, loss)
+    return loss(model(x), y, target)
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   target: torch.Tensor | None, loss: LossOnLogits
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss per example, ∇_x Σ loss)`` at ``x``; works when called under ``torch.no_grad()``
+    and never touches parameter gradients."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        values = per_example_loss(model, x, y, target, loss)
+        (grad,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), grad.detach()

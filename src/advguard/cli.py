@@ -1,0 +1,237 @@
+"""The ``advguard`` command line: a thin layer that parses arguments, loads configs and calls
+library functions (house rule 9). Every command has ``--help``; user errors print one line
+(``advguard: error: ...``) and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advguard import __version__
+from advguard.errors import AdvguardError, ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+# --------------------------------------------------------------------------- data
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from advguard.data import dataset_info, find_dataset_dir, list_datasets
+
+    rows = []
+    for name in list_datasets(args.pattern):
+        info = dataset_info(name)
+        try:
+            where = str(find_dataset_dir(name, args.root))
+        except AdvguardError:
+            where = "not found (see: advguard data info " + name + ")"
+        shape = "x".join(str(s) for s in info.image_shape)
+        rows.append([name, info.num_classes, shape, where])
+    print(_table(rows, ["dataset", "classes", "shape", "location"]))
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from advguard.data import dataset_info, find_dataset_dir, load_dataset
+
+    info = dataset_info(args.name)
+    print(f"{info.name}: {info.description}")
+    print(f"  classes      {info.num_classes}: {', '.join(info.classes[:10])}"
+          + (" ..." if len(info.classes) > 10 else ""))
+    print(f"  image shape  {'x'.join(str(s) for s in info.image_shape)} (C x H x W), "
+          "float in [0, 1]")
+    print(f"  mean / std   {info.mean} / {info.std}")
+    print(f"  license      {info.license}")
+    try:
+        where = find_dataset_dir(args.name, args.root)
+    except AdvguardError as exc:
+        print(f"  location     not found\n  {exc}")
+        return 0
+    print(f"  location     {where}")
+    if args.load:
+        for split in info.splits:
+            ds = load_dataset(args.name, split, root=args.root)
+            counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
+            print(f"  {split:<12} {len(ds)} images; per class min {min(counts)}, "
+                  f"max {max(counts)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from advguard.models import list_models, model_flops, model_info
+
+    rows = []
+    for name in list_models(args.pattern):
+        info = model_info(name)
+        row: list[Any] = [name, info.default_input_size, info.paper]
+        if args.flops:
+            fc = model_flops(name, num_classes=args.num_classes)
+            row += [f"{fc.macs / 1e6:.1f}", f"{fc.params / 1e6:.2f}"]
+        rows.append(row)
+    header = ["model", "input", "paper"] + (["MMACs", "Mparams"] if args.flops else [])
+    print(_table(rows, header))
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+_TRAIN_FLAGS = ("dataset", "model", "recipe", "epochs", "batch_size", "lr", "weight_decay",
+                "schedule", "seed", "device", "train_size", "val_size", "test_size")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from advguard.training import TrainConfig, train
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    overrides.update(_parse_sets(args.set))
+    if args.config:
+        config = TrainConfig.from_file(args.config, **overrides)
+    else:
+        config = TrainConfig.from_dict(overrides)
+    output = Path(args.output) if args.output else Path("runs") / f"{config.dataset}-" \
+        f"{config.model}-{config.recipe}-s{config.seed}"
+    result = train(config, output_dir=output, resume=not args.no_resume,
+                   overwrite=args.overwrite, progress=not args.quiet)
+    rec = result.record
+    final = ", ".join(f"{k}={v:.4f}" for k, v in rec.final.items() if isinstance(v, float))
+    print(f"trained {config.model} on {config.dataset} with {config.recipe} "
+          f"for {config.epochs} epochs in {rec.wall_time_s:.1f} s: {final}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from advguard.quickstart import run_quickstart
+
+    report = run_quickstart(output_dir=args.output, epochs=args.epochs, progress=not args.quiet,
+                            device=args.device)
+    print(report.render())
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advguard",
+        description="Inference-time defenses against adversarial examples, and honest "
+                    "measurement of how much they help.")
+    parser.add_argument("--version", action="version", version=f"advguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = sub.add_parser("data", help="list datasets and where they are found",
+                          description="Datasets advguard reads (official on-disk formats).")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = data_sub.add_parser("list", help="list datasets and their locations")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar*'")
+    p.add_argument("--root", help="data root (default: $ADVGUARD_DATA or ~/.cache/advguard/data)")
+    p.set_defaults(func=cmd_data_list)
+    p = data_sub.add_parser("info", help="describe one dataset and how to obtain it")
+    p.add_argument("name", help="dataset name (see: advguard data list)")
+    p.add_argument("--root", help="data root (default: $ADVGUARD_DATA or ~/.cache/advguard/data)")
+    p.add_argument("--load", action="store_true", help="load every split and print its size")
+    p.set_defaults(func=cmd_data_info)
+    data.set_defaults(func=lambda a: _help(data))
+
+    models = sub.add_parser("models", help="list model architectures",
+                            description="Model architectures in the registry.")
+    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    p = models_sub.add_parser("list", help="list architectures")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--flops", action="store_true", help="also count MACs and parameters")
+    p.add_argument("--num-classes", type=int, default=10, help="classes for --flops (default 10)")
+    p.set_defaults(func=cmd_models_list)
+    models.set_defaults(func=lambda a: _help(models))
+
+    p = sub.add_parser("train", help="train a model with a recipe",
+                       description="Train a model. Flags override values from --config; "
+                                   "--set KEY=VALUE sets any TrainConfig field. Re-running the "
+                                   "same command resumes an interrupted run.")
+    p.add_argument("--config", help="YAML file with TrainConfig fields (optionally under 'train:')")
+    p.add_argument("--dataset", help="dataset name (default fashion-mnist-sample)")
+    p.add_argument("--model", help="architecture name (default smallcnn)")
+    p.add_argument("--recipe", help="training recipe (default standard)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--schedule", help="lr schedule: constant, step, cosine, onecycle")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--train-size", dest="train_size", type=int,
+                   help="class-balanced training subset size")
+    p.add_argument("--val-size", dest="val_size", type=_parse_value,
+                   help="held-out validation size (int) or fraction (float)")
+    p.add_argument("--test-size", dest="test_size", type=int,
+                   help="evaluate on the first N test points (0: none)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config field (YAML value), repeatable")
+    p.add_argument("--output", "-o",
+                   help="output directory (default runs/DATASET-MODEL-RECIPE-sSEED)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if state exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing a run with a different config in --output")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quickstart", help="a 2-minute tour on the embedded Fashion-MNIST sample",
+                       description="Train a small CNN on the Fashion-MNIST sample shipped with "
+                                   "advguard (CPU, about two minutes) and print a short table.")
+    p.add_argument("--output", "-o", default=None,
+                   help="directory for the checkpoint (default: a temporary directory)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    p.add_argument("--device", default="cpu", help="device (default cpu)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
+
+    return parser
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except AdvguardError as exc:
+        print(f"advguard: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

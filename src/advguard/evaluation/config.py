@@ -1,0 +1,168 @@
+"""Evaluation configuration as data: which data, which model and defense, which threat model, and
+the ordered cascade of (setting, attack) steps. Loadable from YAML; hashed into the evaluation id
+under which records are stored and resumed."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from advguard.errors import ConfigError
+
+SUBSETS = ("first", "balanced")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """One step of the worst-case cascade: an attack run in a threat-model setting.
+
+    ``setting``: ``oblivious`` (craft on the defense's static base model), ``adaptive`` (attack
+    the defense itself, BPDA where it declares non-differentiable parts, EOT over ``eot`` draws
+    where it is randomized), ``transfer`` (craft on the model in checkpoint ``source``) or
+    ``query`` (score-/decision-based, on the defense's outputs; majority vote of ``vote`` draws
+    for decision-based attacks on randomized defenses).
+    ``attack``: a registered attack name; ``params`` its keyword arguments (``eps`` and ``norm``
+    come from the evaluation). ``target``: None, ``"least_likely"`` or ``"random"``.
+    ``bpda``: force BPDA on/off (None: from the defense's traits). ``label``: display name.
+    """
+
+    setting: str
+    attack: str
+    params: dict[str, Any] = field(default_factory=dict)
+    target: Literal["least_likely", "random"] | None = None
+    eot: int = 20
+    bpda: bool | None = None
+    source: str | None = None
+    vote: int = 15
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        tgt = f",target={self.target}" if self.target else ""
+        return f"{self.setting}:{self.attack}" + (f"({extra}{tgt})" if extra or tgt else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StepSpec:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        # allow attack parameters inline: {setting: adaptive, attack: pgd, steps: 20}
+        params = dict(data.pop("params", {}) or {})
+        for key in list(data):
+            if key not in known:
+                params[key] = data.pop(key)
+        if data.get("target") not in (None, "least_likely", "random"):
+            raise ConfigError(f"step target must be 'least_likely', 'random' or absent, got "
+                              f"{data['target']!r}")
+        if "setting" not in data or "attack" not in data:
+            raise ConfigError(f"each step needs 'setting' and 'attack': {data}")
+        try:
+            return cls(params=params, **data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid step {data}: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """An evaluation: ``n`` examples of ``dataset``/``split`` (``subset`` "first" or class-
+    "balanced"), the checkpoint ``model`` behind ``defense`` (a defense spec, see
+    :func:`advguard.defenses.build_defense`), threat model (``norm``, ``eps``), the cascade
+    ``steps``, ``runs`` independent runs for randomized defenses (worst case kept; ≥ 5
+    recommended), ``seed``, ``batch_size`` (examples per chunk: the unit of work committed to the
+    record store), reliability ``checks`` on ``check_examples`` examples.
+
+    Example (YAML)::
+
+        name: bitdepth-fmnist
+        dataset: fashion-mnist-sample
+        n: 500
+        model: runs/quickstart/model.safetensors
+        defense: {name: bit_depth, bits: 2}
+        eps: 0.1
+        steps:
+          - {setting: oblivious, attack: pgd, steps: 20, alpha: 0.01}
+          - {setting: adaptive, attack: pgd, steps: 20, alpha: 0.01}
+    """
+
+    name: str = ""
+    dataset: str = "fashion-mnist-sample"
+    split: str = "test"
+    data_root: str | None = None
+    n: int | None = None
+    subset: str = "first"
+    model: str = ""
+    defense: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    norm: str = "linf"
+    eps: float = 8 / 255
+    steps: tuple[StepSpec, ...] = ()
+    runs: int = 5
+    seed: int = 0
+    batch_size: int = 250
+    device: str = "auto"
+    checks: bool = True
+    check_examples: int = 100
+
+    def __post_init__(self) -> None:
+        from advguard.attacks.base import ThreatModel
+
+        ThreatModel(self.norm, self.eps)  # type: ignore[arg-type]
+        if self.subset not in SUBSETS:
+            raise ConfigError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.runs < 1 or self.batch_size < 1 or self.check_examples < 1:
+            raise ConfigError("runs, batch_size and check_examples must be >= 1")
+        steps = tuple(s if isinstance(s, StepSpec) else StepSpec.from_dict(s) for s in self.steps)
+        object.__setattr__(self, "steps", steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["steps"] = [s.to_dict() for s in self.steps]
+        return out
+
+    def identity(self, model_fingerprint: str) -> str:
+        """The evaluation id: a hash of everything that determines the results (the config minus
+        the device and display-only fields, plus the model weights' fingerprint)."""
+        payload = self.to_dict()
+        payload.pop("device")
+        payload.pop("name")
+        for step in payload["steps"]:
+            step.pop("label")
+        payload["model"] = model_fingerprint
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown evaluation config key(s): {', '.join(unknown)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"invalid evaluation config: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> EvalConfig:
+        from advguard.training.config import load_yaml
+
+        data = load_yaml(path)
+        section = data.get("eval", data)
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{path}: 'eval' must be a mapping")
+        merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls.from_dict(merged)
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        return dataclasses.replace(self, **changes)

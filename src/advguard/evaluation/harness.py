@@ -1,0 +1,236 @@
+"""The evaluation harness: a per-example worst-case cascade over threat-model settings and
+attacks, repeated over independent runs for randomized defenses, recorded in a resumable store.
+
+For each chunk of ``batch_size`` examples:
+
+1. **clean** — the defense classifies the clean inputs in each of ``R`` runs (``R = runs`` for a
+   randomized defense, else 1); an example misclassified in any run is not robust.
+2. **cascade** — for each step in order and each run, the step's attack runs on the examples
+   still robust; the defense then classifies the adversarial examples; an example it gets wrong
+   is fooled by that step. Every step therefore only sees the points all earlier attacks failed
+   on (as in AutoAttack), and the final robust accuracy is the worst case per example over all
+   attacks and runs.
+
+All randomness (attack generators, defense re-seeding) is derived from ``(seed, chunk, step,
+run)``, so a chunk's results do not depend on which chunks ran before it: an evaluation killed at
+any point and run again redoes only the unfinished chunk and ends with identical records.
+
+Example::
+
+    summary = evaluate(EvalConfig(model="runs/q/model.safetensors", eps=0.1, steps=[
+        {"setting": "adaptive", "attack": "pgd", "steps": 20}]), store="results.sqlite")
+    print(summary.robust_acc)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from advguard.attacks.base import ThreatModel
+from advguard.data import ImageDataset, balanced_subset, first_n, load_dataset
+from advguard.defenses.base import Defense, as_defense, derive_seed
+from advguard.defenses.registry import build_defense
+from advguard.errors import ConfigError
+from advguard.evaluation import checks
+from advguard.evaluation.config import EvalConfig
+from advguard.evaluation.settings import Prepared, prepare_step
+from advguard.evaluation.store import (
+    ExampleRecord,
+    FlagRecord,
+    OutcomeRecord,
+    RecordStore,
+    StepRecord,
+)
+from advguard.evaluation.summary import EvalSummary, summarize
+from advguard.utils import check_images, environment_info, eval_mode, resolve_device
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) of a model's state dict: names, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def load_eval_data(config: EvalConfig) -> ImageDataset:
+    """The examples an evaluation config selects (first ``n``, or class-balanced ``n``)."""
+    data = load_dataset(config.dataset, config.split, root=config.data_root)
+    if config.n is not None and config.n < len(data):
+        data = first_n(data, config.n) if config.subset == "first" else \
+            balanced_subset(data, n=config.n, seed=config.seed)
+    return data
+
+
+@dataclass
+class _Context:
+    config: EvalConfig
+    defense: Defense
+    prepared: list[Prepared]
+    runs: int
+    device: torch.device
+
+
+def _predict(defense: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([defense(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+
+
+def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
+               indices: list[int]) -> tuple[list[ExampleRecord], list[OutcomeRecord],
+                                            dict[int, float]]:
+    cfg, defense, runs = ctx.config, ctx.defense, ctx.runs
+    n = x.shape[0]
+    seconds: dict[int, float] = {}
+    started = time.perf_counter()
+    clean_runs = torch.zeros(n, dtype=torch.long, device=x.device)
+    for r in range(runs):
+        defense.reseed(derive_seed(cfg.seed, "clean", chunk, r))
+        clean_runs += (_predict(defense, x, cfg.batch_size) == y).long()
+    robust = clean_runs == runs
+    fooled_by: list[int | None] = [None if bool(ok) else -1 for ok in robust]
+    seconds[-1] = time.perf_counter() - started
+    outcomes: list[OutcomeRecord] = []
+    threat = ThreatModel(cfg.norm, cfg.eps)  # type: ignore[arg-type]
+    for s, prep in enumerate(ctx.prepared):
+        started = time.perf_counter()
+        for r in range(runs):
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            defense.reseed(derive_seed(cfg.seed, "attack", chunk, s, r))
+            gen = torch.Generator(device=x.device).manual_seed(
+                derive_seed(cfg.seed, "generator", chunk, s, r))
+            result = prep.attack(prep.model, x[idx], y[idx], target=prep.spec.target,
+                                 generator=gen)
+            defense.reseed(derive_seed(cfg.seed, "eval", chunk, s, r))
+            correct = _predict(defense, result.adv, cfg.batch_size) == y[idx]
+            dist = threat.distance(result.adv, x[idx])
+            for j, i in enumerate(idx.tolist()):
+                outcomes.append(OutcomeRecord(indices[i], s, r, bool(correct[j]),
+                                              float(dist[j]), float(result.queries)))
+                if not bool(correct[j]):
+                    fooled_by[i] = s
+            robust[idx[~correct]] = False
+        seconds[s] = time.perf_counter() - started
+    examples = [ExampleRecord(indices[i], int(y[i]), int(clean_runs[i]), fooled_by[i])
+                for i in range(n)]
+    return examples, outcomes, seconds
+
+
+def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRecord]:
+    cfg, defense = ctx.config, ctx.defense
+    defense.reseed(derive_seed(cfg.seed, "checks"))
+    correct = _predict(defense, x, cfg.batch_size) == y
+    x, y = x[correct][: cfg.check_examples], y[correct][: cfg.check_examples]
+    if x.shape[0] == 0:
+        return [FlagRecord("no_probe_examples", -1, True, "no clean-correct example to probe")]
+    flags = [
+        checks.check_randomness(defense, x, declared=defense.traits.randomized),
+        checks.check_dynamic(defense, x, declared=defense.traits.dynamic),
+    ]
+    for s, prep in enumerate(ctx.prepared):
+        if prep.gradient_model is not None and prep.white_box:
+            flags.append(checks.check_gradients(prep.gradient_model, x, y, s))
+            flags.append(checks.check_eps_sweep(prep.attack, prep.model, defense, x, y, s,
+                                                seed=derive_seed(cfg.seed, "checks", s)))
+            flags.append(checks.check_more_steps(prep.attack, prep.model, defense, x, y, s,
+                                                 seed=derive_seed(cfg.seed, "checks", s)))
+    return flags
+
+
+def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
+             model: nn.Module | None = None, data: ImageDataset | None = None,
+             load_model: Callable[[str], nn.Module] | None = None,
+             progress: bool = True) -> EvalSummary:
+    """Run (or resume) the evaluation ``config`` and return its summary.
+
+    ``model``: the classifier (default: loaded from the checkpoint ``config.model``); ``data``:
+    the examples (default: selected by the config); ``load_model``: how ``transfer`` steps load
+    their source checkpoints (default :func:`advguard.checkpoint.load_checkpoint`); ``store``: a
+    :class:`RecordStore` or the path of its SQLite file.
+    """
+    from advguard.checkpoint import load_checkpoint
+
+    device = resolve_device(config.device)
+    if model is None:
+        if not config.model:
+            raise ConfigError("the evaluation config names no model checkpoint")
+        model = load_checkpoint(config.model, device=device).model
+    model = model.to(device).eval()
+    if data is None:
+        data = load_eval_data(config)
+    check_images(data.images, name="evaluation images")
+    fingerprint = model_fingerprint(model)
+
+    def loader(path: str) -> nn.Module:
+        if load_model is not None:
+            return load_model(path).to(device).eval()
+        return load_checkpoint(path, device=device).model
+
+    defense = as_defense(build_defense(config.defense, model, seed=config.seed)).to(device)
+    prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
+                for s in config.steps]
+    runs = config.runs if defense.traits.randomized else 1
+    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}")
+    own_store = not isinstance(store, RecordStore)
+    db = RecordStore(store) if not isinstance(store, RecordStore) else store
+    try:
+        steps = [StepRecord(-1, "clean", "clean", False, {})] + [
+            StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
+            for i, p in enumerate(prepared)]
+        env = environment_info(device)
+        env["model_fingerprint"] = fingerprint
+        resumed = db.begin_evaluation(
+            eval_id, name=config.name or eval_id, config=config.to_dict(),
+            traits=defense.traits.to_dict(), environment=env, n=len(data), runs=runs,
+            steps=steps)
+        ctx = _Context(config, defense, prepared, runs, device)
+        indices = (data.indices.tolist() if data.indices is not None
+                   else list(range(len(data))))
+        with eval_mode(defense):
+            if config.checks and not (resumed and db.flags(eval_id)):
+                x0 = data.images[: 2 * config.check_examples]
+                y0 = data.labels[: x0.shape[0]]
+                db.write_flags(eval_id, _probe_flags(ctx, x0.to(device), y0.to(device)))
+            done = db.finished_chunks(eval_id)
+            n_chunks = (len(data) + config.batch_size - 1) // config.batch_size
+            bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,
+                       dynamic_ncols=True)
+            for chunk in range(n_chunks):
+                lo, hi = chunk * config.batch_size, min(len(data), (chunk + 1) * config.batch_size)
+                if chunk in done:
+                    bar.update(hi - lo)
+                    continue
+                started = time.perf_counter()
+                x = data.images[lo:hi].to(device)
+                y = data.labels[lo:hi].to(device)
+                examples, outcomes, step_seconds = _run_chunk(ctx, chunk, x, y, indices[lo:hi])
+                db.write_chunk(eval_id, chunk, examples, outcomes,
+                               time.perf_counter() - started, step_seconds)
+                bar.update(hi - lo)
+            bar.close()
+        _finish(db, eval_id, prepared)
+        return summarize(db, eval_id)
+    finally:
+        if own_store:
+            db.close()
+
+
+def _finish(db: RecordStore, eval_id: str, prepared: list[Prepared]) -> None:
+    examples = db.examples(eval_id)
+    white = [i for i, p in enumerate(prepared) if p.white_box]
+    black = [i for i, p in enumerate(prepared) if not p.white_box]
+    flag = checks.blackbox_flag(white, [e.fooled_by for e in examples], black, len(examples))
+    db.write_flags(eval_id, [flag])
+    db.set_status(eval_id, "complete")

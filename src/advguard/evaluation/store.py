@@ -1,0 +1,232 @@
+"""The record store: per-example evaluation outcomes in SQLite (stdlib ``sqlite3``).
+
+Schema (one row per ...):
+
+* ``evaluations`` — evaluation: id (hash of the config + model fingerprint), name, resolved
+  config (JSON), defense traits, environment (versions, commit, device), status, timings;
+* ``steps`` — cascade step of an evaluation: index (-1 = clean), label, setting, attack config;
+* ``examples`` — evaluated example: dataset index, label, clean-correct runs, the step that first
+  fooled it (NULL: robust to all; -1: misclassified clean);
+* ``outcomes`` — (example, step, run) that was attacked: correct after the attack or not, the
+  perturbation size, queries;
+* ``chunks`` — finished chunk of examples with its wall time;
+* ``flags`` — reliability flag (fired or not, detail).
+
+Work is committed one chunk at a time in a single transaction, so an evaluation killed at any
+point (even ``kill -9``) loses at most the chunk in progress; re-running the same config skips
+the finished chunks. Results are written by the harness, and tables are generated from them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, traits TEXT NOT NULL,
+    environment TEXT NOT NULL, n INTEGER NOT NULL, runs INTEGER NOT NULL,
+    status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    eval_id TEXT NOT NULL, step INTEGER NOT NULL, label TEXT NOT NULL, setting TEXT NOT NULL,
+    white_box INTEGER NOT NULL, attack TEXT NOT NULL, PRIMARY KEY (eval_id, step)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    eval_id TEXT NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
+    step_seconds TEXT NOT NULL, PRIMARY KEY (eval_id, chunk)
+);
+CREATE TABLE IF NOT EXISTS examples (
+    eval_id TEXT NOT NULL, example INTEGER NOT NULL, chunk INTEGER NOT NULL,
+    label INTEGER NOT NULL, clean_correct_runs INTEGER NOT NULL, fooled_by INTEGER,
+    PRIMARY KEY (eval_id, example)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    eval_id TEXT NOT NULL, example INTEGER NOT NULL, step INTEGER NOT NULL, run INTEGER NOT NULL,
+    correct INTEGER NOT NULL, distance REAL NOT NULL, queries REAL NOT NULL,
+    PRIMARY KEY (eval_id, example, step, run)
+);
+CREATE TABLE IF NOT EXISTS flags (
+    eval_id TEXT NOT NULL, flag TEXT NOT NULL, step INTEGER NOT NULL, fired INTEGER NOT NULL,
+    detail TEXT NOT NULL, PRIMARY KEY (eval_id, flag, step)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    example: int
+    label: int
+    clean_correct_runs: int
+    fooled_by: int | None
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    example: int
+    step: int
+    run: int
+    correct: bool
+    distance: float
+    queries: float
+
+
+@dataclass(frozen=True)
+class FlagRecord:
+    flag: str
+    step: int
+    fired: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    label: str
+    setting: str
+    white_box: bool
+    attack: dict[str, Any]
+
+
+class RecordStore:
+    """A SQLite file of evaluation records. Safe to open from several processes (WAL mode)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside commit together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ evaluations
+    def begin_evaluation(self, eval_id: str, *, name: str, config: dict[str, Any],
+                         traits: dict[str, Any], environment: dict[str, Any], n: int, runs: int,
+                         steps: Sequence[StepRecord]) -> bool:
+        """Create the evaluation unless it exists; returns True if it already existed (resume)."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE evaluations SET environment=?, updated=?, name=? WHERE id=?",
+                           (json.dumps(environment), now, name, eval_id))
+                return True
+            db.execute(
+                "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (eval_id, name, json.dumps(config, sort_keys=True, default=str),
+                 json.dumps(traits), json.dumps(environment), n, runs, "running", now, now, 0.0))
+            db.executemany("INSERT INTO steps VALUES (?,?,?,?,?,?)", [
+                (eval_id, s.step, s.label, s.setting, int(s.white_box),
+                 json.dumps(s.attack, sort_keys=True, default=str)) for s in steps])
+        return False
+
+    def finished_chunks(self, eval_id: str) -> set[int]:
+        rows = self._db.execute("SELECT chunk FROM chunks WHERE eval_id=?", (eval_id,))
+        return {int(r[0]) for r in rows}
+
+    def write_chunk(self, eval_id: str, chunk: int, examples: Sequence[ExampleRecord],
+                    outcomes: Sequence[OutcomeRecord], seconds: float,
+                    step_seconds: dict[int, float]) -> None:
+        """Commit one chunk's records atomically."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO examples VALUES (?,?,?,?,?,?)", [
+                (eval_id, e.example, chunk, e.label, e.clean_correct_runs, e.fooled_by)
+                for e in examples])
+            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)", [
+                (eval_id, o.example, o.step, o.run, int(o.correct), o.distance, o.queries)
+                for o in outcomes])
+            db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?)",
+                       (eval_id, chunk, len(examples), seconds, json.dumps(step_seconds)))
+            db.execute("UPDATE evaluations SET seconds = seconds + ?, updated=? WHERE id=?",
+                       (seconds, time.time(), eval_id))
+
+    def write_flags(self, eval_id: str, flags: Sequence[FlagRecord]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO flags VALUES (?,?,?,?,?)", [
+                (eval_id, f.flag, f.step, int(f.fired), f.detail) for f in flags])
+
+    def set_status(self, eval_id: str, status: str) -> None:
+        self._db.execute("UPDATE evaluations SET status=?, updated=? WHERE id=?",
+                         (status, time.time(), eval_id))
+
+    # ------------------------------------------------------------------ reading
+    def evaluation_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM evaluations ORDER BY created")]
+
+    def evaluation(self, eval_id: str) -> dict[str, Any]:
+        row = self._db.execute(
+            "SELECT id, name, config, traits, environment, n, runs, status, created, updated, "
+            "seconds FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+        if row is None:
+            from advguard.errors import AdvguardError
+
+            raise AdvguardError(f"no evaluation {eval_id!r} in {self.path}")
+        keys = ("id", "name", "config", "traits", "environment", "n", "runs", "status",
+                "created", "updated", "seconds")
+        out = dict(zip(keys, row))
+        for k in ("config", "traits", "environment"):
+            out[k] = json.loads(out[k])
+        return out
+
+    def steps(self, eval_id: str) -> list[StepRecord]:
+        rows = self._db.execute("SELECT step, label, setting, white_box, attack FROM steps "
+                                "WHERE eval_id=? ORDER BY step", (eval_id,))
+        return [StepRecord(int(s), lbl, st, bool(w), json.loads(a)) for s, lbl, st, w, a in rows]
+
+    def examples(self, eval_id: str) -> list[ExampleRecord]:
+        rows = self._db.execute("SELECT example, label, clean_correct_runs, fooled_by FROM "
+                                "examples WHERE eval_id=? ORDER BY example", (eval_id,))
+        return [ExampleRecord(int(e), int(lbl), int(c), None if f is None else int(f))
+                for e, lbl, c, f in rows]
+
+    def outcomes(self, eval_id: str) -> list[OutcomeRecord]:
+        rows = self._db.execute("SELECT example, step, run, correct, distance, queries FROM "
+                                "outcomes WHERE eval_id=? ORDER BY example, step, run",
+                                (eval_id,))
+        return [OutcomeRecord(int(e), int(s), int(r), bool(c), float(d), float(q))
+                for e, s, r, c, d, q in rows]
+
+    def flags(self, eval_id: str) -> list[FlagRecord]:
+        rows = self._db.execute("SELECT flag, step, fired, detail FROM flags WHERE eval_id=? "
+                                "ORDER BY step, flag", (eval_id,))
+        return [FlagRecord(f, int(s), bool(x), d) for f, s, x, d in rows]
+
+    def chunk_seconds(self, eval_id: str) -> dict[int, float]:
+        """Total wall time per step (-1 = clean) summed over chunks."""
+        totals: dict[int, float] = {}
+        for (raw,) in self._db.execute("SELECT step_seconds FROM chunks WHERE eval_id=?",
+                                       (eval_id,)):
+            for k, v in json.loads(raw).items():
+                totals[int(k)] = totals.get(int(k), 0.0) + float(v)
+        return totals

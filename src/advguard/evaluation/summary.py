@@ -1,0 +1,101 @@
+"""Summaries computed from stored per-example records (never typed by hand)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from advguard.evaluation.store import FlagRecord, RecordStore, StepRecord
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """One cascade step: robust accuracy after it (cumulative worst case over the steps so far
+    and all runs) and how many examples it was the first to fool."""
+
+    step: int
+    label: str
+    setting: str
+    white_box: bool
+    robust_acc: float
+    fooled: int
+    seconds: float
+    mean_queries: float
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """The numbers of one evaluation.
+
+    ``clean_acc``: mean over runs of clean accuracy; ``clean_worst``: fraction classified
+    correctly in every run; ``robust_acc``: final worst-case robust accuracy (correct in every run
+    under every attack); ``strongest``: label of the step that fooled the most examples.
+    """
+
+    eval_id: str
+    name: str
+    n: int
+    runs: int
+    complete: bool
+    traits: dict[str, Any]
+    config: dict[str, Any]
+    clean_acc: float
+    clean_worst: float
+    steps: list[StepSummary]
+    robust_acc: float
+    strongest: str | None
+    flags: list[FlagRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fired_flags(self) -> list[FlagRecord]:
+        return [f for f in self.flags if f.fired]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "eval_id": self.eval_id, "name": self.name, "n": self.n, "runs": self.runs,
+            "complete": self.complete, "clean_acc": self.clean_acc,
+            "clean_worst": self.clean_worst, "robust_acc": self.robust_acc,
+            "strongest": self.strongest,
+            "steps": [s.__dict__ for s in self.steps],
+            "flags": [f.__dict__ for f in self.flags], "seconds": self.seconds,
+        }
+
+
+def summarize(store: RecordStore, eval_id: str) -> EvalSummary:
+    """Compute an :class:`EvalSummary` from the records of ``eval_id``."""
+    info = store.evaluation(eval_id)
+    examples = store.examples(eval_id)
+    steps: list[StepRecord] = [s for s in store.steps(eval_id) if s.step >= 0]
+    runs = int(info["runs"])
+    n = len(examples)
+    seconds = store.chunk_seconds(eval_id)
+    outcomes = store.outcomes(eval_id)
+    queries: dict[int, list[float]] = {}
+    for o in outcomes:
+        queries.setdefault(o.step, []).append(o.queries)
+
+    def frac(count: int) -> float:
+        return count / n if n else float("nan")
+
+    clean_acc = sum(e.clean_correct_runs for e in examples) / (n * runs) if n else float("nan")
+    clean_worst = frac(sum(e.fooled_by != -1 for e in examples))
+    rows = []
+    for s in steps:
+        robust = sum(e.fooled_by is None or e.fooled_by > s.step for e in examples)
+        fooled = sum(e.fooled_by == s.step for e in examples)
+        q = queries.get(s.step, [])
+        rows.append(StepSummary(s.step, s.label, s.setting, s.white_box, frac(robust), fooled,
+                                round(seconds.get(s.step, 0.0), 3),
+                                sum(q) / len(q) if q else 0.0))
+    robust_acc = frac(sum(e.fooled_by is None for e in examples))
+    strongest = max(rows, key=lambda r: r.fooled).label if rows and any(r.fooled for r in rows) \
+        else None
+    return EvalSummary(
+        eval_id=eval_id, name=info["name"], n=n, runs=runs,
+        complete=info["status"] == "complete" and n == int(info["n"]),
+        traits=info["traits"], config=info["config"], clean_acc=clean_acc,
+        clean_worst=clean_worst, steps=rows, robust_acc=robust_acc, strongest=strongest,
+        flags=store.flags(eval_id), seconds=float(info["seconds"]),
+        environment=info["environment"])

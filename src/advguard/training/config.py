@@ -1,0 +1,140 @@
+"""Training configuration as data (house rule 7): one frozen dataclass, loadable from YAML/JSON,
+validated on construction, recorded with every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advguard.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Units: ``lr`` is the peak learning rate of the schedule; ``epochs`` are passes over the
+    (sub-sampled) training split; ``train_size`` is a class-balanced subset size (None: all);
+    ``val_size`` is held out from the training split (int: count, float: fraction), stratified and
+    seeded, used for validation metrics and for tuning defenses — never the test split;
+    ``test_size`` evaluates the first n test points each ``eval_every`` epochs (None: all; 0: none).
+    ``precision='auto'`` means bf16 autocast on CUDA and fp32 on CPU; ``channels_last=None`` means
+    on for CUDA. ``checkpoint_every_steps`` adds mid-epoch checkpoints (one is always written at the
+    end of each epoch and on Ctrl-C).
+
+    Example::
+
+        TrainConfig(dataset="fashion-mnist", model="smallcnn", epochs=10, lr=0.05)
+    """
+
+    dataset: str = "fashion-mnist-sample"
+    model: str = "smallcnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: str = "standard"
+    recipe_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    augment: str = "auto"
+    train_size: int | None = None
+    val_size: int | float = 0
+    test_size: int | None = None
+    eval_every: int = 1
+    eval_batch_size: int = 500
+    checkpoint_every_steps: int | None = None
+    data_root: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"invalid training config: {msg}")
+
+        if self.epochs < 1:
+            raise bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise bad(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise bad(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise bad("weight_decay must be >= 0 and momentum in [0, 1)")
+        if self.optimizer not in ("sgd", "adam"):
+            raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.augment not in AUGMENTS:
+            raise bad(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if isinstance(self.val_size, float) and not 0 <= self.val_size < 1:
+            raise bad(f"a fractional val_size must be in [0, 1), got {self.val_size}")
+        if isinstance(self.val_size, int) and self.val_size < 0:
+            raise bad(f"val_size must be >= 0, got {self.val_size}")
+        if self.train_size is not None and self.train_size < 1:
+            raise bad(f"train_size must be >= 1, got {self.train_size}")
+        if self.eval_every < 1:
+            raise bad(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            raise bad("checkpoint_every_steps must be >= 1")
+
+    # ----------------------------------------------------------------------------- (de)serialize
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            import difflib
+
+            hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, names, 1)[0]!r}?)"
+                     if difflib.get_close_matches(u, names, 1) else repr(u) for u in unknown]
+            raise ConfigError(f"unknown training config key(s): {', '.join(hints)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"invalid training config: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML (or JSON) file; a top-level ``train:`` section is used if present.
+        ``overrides`` whose value is not None replace file values."""
+        data = load_yaml(path)
+        section = data.get("train", data)
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{path}: 'train' must be a mapping")
+        merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls.from_dict(merged)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML/JSON mapping with a clear error for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data

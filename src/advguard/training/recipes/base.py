@@ -1,0 +1,79 @@
+"""The training-recipe protocol: what one optimization step minimizes.
+
+A recipe is a small frozen, keyword-only dataclass (its fields are its hyper-parameters, recorded
+with every checkpoint) with one hook, :meth:`Recipe.loss`, called once per batch by the single
+training loop (:func:`advguard.training.train`). Optional hooks let a recipe change the model before
+training (noise injection) or the optimizer's parameter groups (no weight decay on a noise scale).
+Recipes draw randomness only from the ``generator`` they are given, never from the global RNG.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from advguard.errors import ConfigError
+from advguard.registry import Registry
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a recipe returns for one batch.
+
+    ``loss``: scalar to back-propagate. ``correct``: number (possibly fractional, e.g. mixup's
+    λ-weighted) of correctly classified training inputs in the batch, as a 0-dim tensor (no host
+    sync). ``metrics``: extra 0-dim tensors averaged over the epoch (e.g. ``adv_loss``).
+    """
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe(abc.ABC):
+    """Base class of training recipes; subclasses implement :meth:`loss`."""
+
+    name: ClassVar[str] = "recipe"
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             generator: torch.Generator) -> StepOutput:
+        """The training loss on batch ``x`` (N,C,H,W in [0,1]) with labels ``y`` (N,) int64.
+        ``model`` is in train mode; the loop owns autocast, backward and the optimizer step."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once on the freshly created model (before it moves to the device)."""
+        return model
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; by default every parameter gets ``weight_decay``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad],
+                 "weight_decay": weight_decay}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+RECIPES: Registry[type[Recipe]] = Registry("training recipe")
+
+
+def make_recipe(name: str, **kwargs: Any) -> Recipe:
+    """Instantiate a registered recipe; unknown hyper-parameters are a :class:`ConfigError`."""
+    cls = RECIPES.get(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        allowed = ", ".join(f.name for f in dataclasses.fields(cls)) or "none"
+        raise ConfigError(f"bad arguments for recipe {name!r}: {exc} (allowed: {allowed})") \
+            from None
+
+
+def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct top-1 predictions as a float 0-dim tensor (stays on the device)."""
+    return (logits.detach().argmax(1) == y).sum().float()

@@ -1,0 +1,57 @@
+"""The command line: every command runs, errors are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from advguard.cli import main
+
+
+def test_data_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "fashion-mnist-sample" in out and "cifar10" in out
+    assert main(["data", "info", "fashion-mnist-sample", "--load"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "1000 images" in out
+
+
+def test_models_list_with_pattern_and_flops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list", "resnet2*", "--flops"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "resnet18" not in out
+    assert "40.6" in out  # MMACs of ResNet-20 at 32x32
+
+
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "resnet2", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("advguard: error: unknown model 'resnet2'")
+    assert "did you mean" in err[0]
+    assert main(["data", "info", "nope"]) == 2
+    assert main(["train", "--set", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["train", "--help"], ["data", "list", "--help"],
+                 ["models", "list", "--help"], ["quickstart", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert "usage: advguard" in capsys.readouterr().out
+
+
+def test_train_command_writes_a_checkpoint(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: lenet5\nbatch_size: 50\ntrain_size: 100\ntest_size: 50\n"
+                      "device: cpu\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--output", str(out),
+                 "--quiet", "--set", "lr=0.02"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "record.json").exists()
+    assert "checkpoint:" in capsys.readouterr().out
+    assert "lr: 0.02" in (out / "config.yaml").read_text()
