@@ -111,7 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     overrides.update(_parse_sets(args.set))
     if args.config:
-        config = TrainConfig.from_file(args.config, **overrides)
+        from advguard.configs import config_path
+
+        config = TrainConfig.from_file(config_path(args.config), **overrides)
     else:
         config = TrainConfig.from_dict(overrides)
     output = Path(args.output) if args.output else Path("runs") / f"{config.dataset}-" \
@@ -132,6 +134,86 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     report = run_quickstart(output_dir=args.output, epochs=args.epochs, progress=not args.quiet,
                             device=args.device)
     print(report.render())
+    return 0
+
+
+# --------------------------------------------------------------------------- eval / report
+def cmd_eval(args: argparse.Namespace) -> int:
+    from advguard.configs import config_path
+    from advguard.evaluation import EvalConfig, StepSpec, evaluate
+    from advguard.reports import markdown_report
+
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in
+                                 ("dataset", "split", "n", "model", "norm", "eps", "runs", "seed",
+                                  "device", "batch_size", "name", "subset")
+                                 if getattr(args, k) is not None}
+    if args.defense is not None:
+        overrides["defense"] = _parse_value(args.defense) if args.defense.strip().startswith("{") \
+            else {"name": args.defense}
+    if args.attack:
+        overrides["steps"] = [StepSpec.from_dict(_parse_step(s)) for s in args.attack]
+    if args.no_checks:
+        overrides["checks"] = False
+    overrides.update(_parse_sets(args.set))
+    if args.config:
+        config = EvalConfig.from_file(config_path(args.config), **overrides)
+    else:
+        config = EvalConfig.from_dict(overrides)
+    summary = evaluate(config, store=args.store, progress=not args.quiet)
+    print(markdown_report([summary], title=f"evaluation {summary.name}"))
+    print(f"records: {args.store} (evaluation id {summary.eval_id})")
+    return 0
+
+
+def _parse_step(text: str) -> dict[str, Any]:
+    """``SETTING:ATTACK[:key=value,...]`` or a YAML mapping."""
+    if text.strip().startswith("{"):
+        value = _parse_value(text)
+        if not isinstance(value, dict):
+            raise ConfigError(f"--attack mapping expected, got {text!r}")
+        return value
+    head, _, rest = text.partition(":")
+    attack, _, params = rest.partition(":")
+    if not head or not attack:
+        raise ConfigError(f"--attack expects SETTING:ATTACK[:key=value,...], got {text!r}")
+    step: dict[str, Any] = {"setting": head, "attack": attack}
+    for item in filter(None, params.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--attack parameter {item!r} is not key=value")
+        step[key.strip()] = _parse_value(value)
+    return step
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from advguard.evaluation import RecordStore
+    from advguard.reports import html_report, load_summaries, markdown_report
+
+    if not Path(args.store).is_file():
+        raise AdvguardError(f"record store not found: {args.store}")
+    command = "advguard report " + " ".join(sys.argv[2:]) if args.command_line else None
+    with RecordStore(args.store) as store:
+        summaries = load_summaries(store, args.ids)
+    render = html_report if args.format == "html" else markdown_report
+    text = render(summaries, title=args.title, command=command)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_configs_list(args: argparse.Namespace) -> int:
+    from advguard.configs import config_path, list_configs
+
+    rows = []
+    for name in list_configs(args.prefix or ""):
+        first = next((line[1:].strip() for line in config_path(name).read_text().splitlines()
+                      if line.startswith("#")), "")
+        rows.append([name, first])
+    print(_table(rows, ["config", "description"]))
     return 0
 
 
@@ -168,11 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_list)
     models.set_defaults(func=lambda a: _help(models))
 
+    configs = sub.add_parser("configs", help="list the configs shipped with advguard",
+                             description="Configs shipped with advguard (recipes, paper tables).")
+    configs_sub = configs.add_subparsers(dest="configs_command", metavar="SUBCOMMAND")
+    p = configs_sub.add_parser("list", help="list shipped configs")
+    p.add_argument("prefix", nargs="?", help="only configs under this folder, e.g. 'train'")
+    p.set_defaults(func=cmd_configs_list)
+    configs.set_defaults(func=lambda a: _help(configs))
+
     p = sub.add_parser("train", help="train a model with a recipe",
                        description="Train a model. Flags override values from --config; "
                                    "--set KEY=VALUE sets any TrainConfig field. Re-running the "
                                    "same command resumes an interrupted run.")
-    p.add_argument("--config", help="YAML file with TrainConfig fields (optionally under 'train:')")
+    p.add_argument("--config", help="YAML file with TrainConfig fields (optionally under 'train:'),"
+                   " or the name of a shipped config (see: advguard configs list)")
     p.add_argument("--dataset", help="dataset name (default fashion-mnist-sample)")
     p.add_argument("--model", help="architecture name (default smallcnn)")
     p.add_argument("--recipe", help="training recipe (default standard)")
@@ -198,6 +289,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow replacing a run with a different config in --output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a model and defense under attacks (worst-case cascade)",
+        description="Evaluate a checkpoint behind a defense with a worst-case cascade of attacks "
+                    "in threat-model settings (oblivious, adaptive, transfer, query). Records go "
+                    "to an SQLite store; re-running the same evaluation resumes it.")
+    p.add_argument("--config", help="YAML evaluation config, or a shipped config name")
+    p.add_argument("--model", help="model checkpoint (.safetensors written by advguard train)")
+    p.add_argument("--defense", help="defense name (e.g. bit_depth) or a YAML mapping "
+                                     "(e.g. \"{name: gaussian_noise, sigma: 0.1}\")")
+    p.add_argument("--attack", action="append", metavar="SETTING:ATTACK[:k=v,...]",
+                   help="a cascade step, repeatable, in order; "
+                        "e.g. adaptive:pgd:steps=20,alpha=0.01")
+    p.add_argument("--dataset")
+    p.add_argument("--split")
+    p.add_argument("--n", type=int, help="number of examples")
+    p.add_argument("--subset", help="first (default) or balanced")
+    p.add_argument("--norm", help="linf (default) or l2")
+    p.add_argument("--eps", type=_parse_value, help="perturbation budget, e.g. 0.1 or 8/255")
+    p.add_argument("--runs", type=int, help="independent runs for randomized defenses (default 5)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--name", help="a display name for the evaluation")
+    p.add_argument("--no-checks", action="store_true", help="skip the reliability probes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config field")
+    p.add_argument("--store", default="results/records.sqlite",
+                   help="SQLite record store (default results/records.sqlite)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="tables (markdown or HTML) from evaluation records",
+                       description="Generate tables from the record store; never typed by hand.")
+    p.add_argument("ids", nargs="*", help="evaluation ids (prefixes) or names; default all")
+    p.add_argument("--store", default="results/records.sqlite", help="SQLite record store")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    p.add_argument("--output", "-o", help="write to this file instead of stdout")
+    p.add_argument("--title", default="advguard evaluation report")
+    p.add_argument("--command-line", action="store_true",
+                   help="include the generating command in the report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("quickstart", help="a 2-minute tour on the embedded Fashion-MNIST sample",
                        description="Train a small CNN on the Fashion-MNIST sample shipped with "

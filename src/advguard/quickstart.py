@@ -9,13 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from advguard.configs import config_path
 from advguard.training import TrainConfig, train
 
-QUICKSTART_TRAIN = TrainConfig(
-    dataset="fashion-mnist-sample", model="smallcnn", recipe="standard", epochs=8,
-    batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="onecycle",
-    schedule_kwargs={"peak": 0.25}, augment="none", seed=0, device="cpu", test_size=None,
-)
+QUICKSTART_CONFIG = "train/quickstart"
 
 
 @dataclass
@@ -40,7 +37,7 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
 
     Returns a :class:`QuickstartReport`; the checkpoint lands in ``output_dir`` (a temporary
     directory when None)."""
-    config = QUICKSTART_TRAIN.replace(device=device, **({"epochs": epochs} if epochs else {}))
+    config = TrainConfig.from_file(config_path(QUICKSTART_CONFIG), device=device, epochs=epochs)
     with tempfile.TemporaryDirectory(prefix="advguard-quickstart-") as tmp:
         out = Path(output_dir) if output_dir is not None else Path(tmp)
         started = time.perf_counter()

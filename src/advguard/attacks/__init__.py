@@ -1,6 +1,7 @@
 """Attacks: a verified-result protocol (:class:`Attack`), our own attacks, model wrappers (BPDA,
 EOT, majority vote) and adapters to maintained libraries."""
 
+from advguard.attacks.autoattack import APGD, FAB, APGDTargeted, AutoAttack, Square
 from advguard.attacks.base import (
     ATTACKS,
     Attack,
@@ -12,13 +13,16 @@ from advguard.attacks.base import (
     resolve_target,
 )
 from advguard.attacks.fgsm import FGSM
+from advguard.attacks.foolbox_attacks import DDN, Boundary, CarliniWagnerL2, GenAttack, HopSkipJump
 from advguard.attacks.losses import LOSSES, get_loss
 from advguard.attacks.pgd import PGD
 from advguard.attacks.transfer import Transfer, transfer
 from advguard.attacks.wrappers import BPDA, EOT, MajorityVote, input_gradient, per_example_loss
 
 __all__ = [
-    "ATTACKS", "BPDA", "EOT", "FGSM", "LOSSES", "PGD", "Attack", "AttackResult", "LogitsOf",
-    "MajorityVote", "ThreatModel", "Transfer", "as_logits_model", "get_loss", "input_gradient",
+    "APGD", "ATTACKS", "BPDA", "DDN", "EOT", "FAB", "FGSM", "LOSSES", "PGD", "APGDTargeted",
+    "Attack", "AttackResult", "AutoAttack", "Boundary", "CarliniWagnerL2", "GenAttack",
+    "HopSkipJump", "LogitsOf", "MajorityVote", "Square", "ThreatModel", "Transfer",
+    "as_logits_model", "get_loss", "input_gradient",
     "make_attack", "per_example_loss", "resolve_target", "transfer",
 ]

@@ -11,6 +11,7 @@ from advguard.defenses.base import (
     Undefended,
     as_defense,
     derive_seed,
+    gradient_inside_forward,
 )
 from advguard.defenses.reference import BitDepthReduction, GaussianNoise
 from advguard.defenses.registry import DEFENSES, build_defense, build_part
@@ -18,5 +19,5 @@ from advguard.defenses.registry import DEFENSES, build_defense, build_part
 __all__ = [
     "DEFENSES", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise", "Pipeline",
     "Randomness", "Traits", "Transform", "Undefended", "as_defense", "build_defense", "build_part",
-    "derive_seed",
+    "derive_seed", "gradient_inside_forward",
 ]

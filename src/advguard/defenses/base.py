@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +89,24 @@ class Randomness(nn.Module):
             if child is not self and isinstance(child, Randomness):
                 child._seed = derive_seed(seed, name)
                 child._generators.clear()
+
+
+def gradient_inside_forward(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                            differentiable: bool = True) -> torch.Tensor:
+    """``∇ₓ loss(x)`` computed inside a dynamic defense's forward pass.
+
+    Works when the caller runs under ``torch.no_grad()``. When ``differentiable`` and the caller
+    is building a graph through ``x`` (``x.requires_grad`` with grad mode on), the gradient is
+    itself differentiable (``create_graph=True``: attacks can double-backpropagate through the
+    defense); otherwise it is computed on a detached copy and returned detached, so nothing leaks
+    into the caller's graph. Parameter ``.grad`` fields are never touched (``autograd.grad``).
+    ``loss`` maps (N,C,H,W) inputs to a scalar.
+    """
+    through = differentiable and torch.is_grad_enabled() and x.requires_grad
+    with torch.enable_grad():
+        xin = x if through else x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(xin), xin, create_graph=through)
+    return grad if through else grad.detach()
 
 
 # --------------------------------------------------------------------------- transforms

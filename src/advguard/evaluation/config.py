@@ -43,11 +43,21 @@ class StepSpec:
 
     @property
     def display(self) -> str:
+        """A readable label: ``setting:attack(params, target, bpda/eot/source/vote)``."""
         if self.label:
             return self.label
-        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        tgt = f",target={self.target}" if self.target else ""
-        return f"{self.setting}:{self.attack}" + (f"({extra}{tgt})" if extra or tgt else "")
+        extras = [f"{k}={v}" for k, v in sorted(self.params.items())]
+        if self.target:
+            extras.append(f"target={self.target}")
+        if self.bpda is not None:
+            extras.append(f"bpda={'on' if self.bpda else 'off'}")
+        if self.setting == "adaptive" and self.eot != 20:
+            extras.append(f"eot={self.eot}")
+        if self.setting == "transfer" and self.source:
+            extras.append(f"source={Path(self.source).parent.name or self.source}")
+        if self.setting == "query" and self.vote != 15:
+            extras.append(f"vote={self.vote}")
+        return f"{self.setting}:{self.attack}" + (f"({','.join(extras)})" if extras else "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,7 +120,7 @@ class EvalConfig:
     batch_size: int = 250
     device: str = "auto"
     checks: bool = True
-    check_examples: int = 100
+    check_examples: int = 64
 
     def __post_init__(self) -> None:
         from advguard.attacks.base import ThreatModel

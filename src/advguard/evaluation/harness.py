@@ -200,9 +200,11 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
                    else list(range(len(data))))
         with eval_mode(defense):
             if config.checks and not (resumed and db.flags(eval_id)):
+                started = time.perf_counter()
                 x0 = data.images[: 2 * config.check_examples]
                 y0 = data.labels[: x0.shape[0]]
                 db.write_flags(eval_id, _probe_flags(ctx, x0.to(device), y0.to(device)))
+                db.add_seconds(eval_id, time.perf_counter() - started)
             done = db.finished_chunks(eval_id)
             n_chunks = (len(data) + config.batch_size - 1) // config.batch_size
             bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,

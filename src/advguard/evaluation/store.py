@@ -176,6 +176,11 @@ class RecordStore:
             db.executemany("INSERT OR REPLACE INTO flags VALUES (?,?,?,?,?)", [
                 (eval_id, f.flag, f.step, int(f.fired), f.detail) for f in flags])
 
+    def add_seconds(self, eval_id: str, seconds: float) -> None:
+        """Add wall time spent outside chunks (reliability probes) to the evaluation's total."""
+        self._db.execute("UPDATE evaluations SET seconds = seconds + ?, updated=? WHERE id=?",
+                         (seconds, time.time(), eval_id))
+
     def set_status(self, eval_id: str, status: str) -> None:
         self._db.execute("UPDATE evaluations SET status=?, updated=? WHERE id=?",
                          (status, time.time(), eval_id))

@@ -1,0 +1,164 @@
+"""Reports generated from evaluation records: markdown tables and a self-contained HTML page.
+Numbers come only from the record store (:func:`advguard.evaluation.summarize`), never by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from advguard.evaluation.checks import FLAG_EXPLANATIONS
+from advguard.evaluation.store import RecordStore
+from advguard.evaluation.summary import EvalSummary, summarize
+
+
+def pct(value: float) -> str:
+    return "—" if value != value else f"{100 * value:.1f}"  # NaN → dash
+
+
+def _defense_name(config: dict[str, Any]) -> str:
+    spec = config.get("defense", {"name": "none"})
+
+    def describe(s: Any) -> str:
+        if not isinstance(s, dict):
+            return str(s)
+        name = s.get("name", "?")
+        if name == "pipeline":
+            return " → ".join(describe(step) for step in s.get("steps", []))
+        if name == "averaged":
+            return f"avg{s.get('n')}({describe(s.get('defense'))})"
+        args = ",".join(f"{k}={v}" for k, v in s.items() if k != "name")
+        return f"{name}({args})" if args else name
+
+    return describe(spec)
+
+
+def _threat(config: dict[str, Any]) -> str:
+    eps = float(config.get("eps", 0))
+    frac = f" ({eps * 255:.3g}/255)" if config.get("norm") == "linf" else ""
+    return f"{config.get('norm', '?')} ε={eps:.4g}{frac}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def overview_rows(summaries: Sequence[EvalSummary]) -> tuple[list[str], list[list[str]]]:
+    header = ["evaluation", "defense", "threat model", "n × runs", "clean %", "worst-case robust %",
+              "strongest attack", "flags"]
+    rows = []
+    for s in summaries:
+        fired = ", ".join(sorted({f.flag for f in s.fired_flags})) or "none"
+        status = "" if s.complete else " (incomplete)"
+        rows.append([s.name + status, _defense_name(s.config), _threat(s.config),
+                     f"{s.n} × {s.runs}", pct(s.clean_acc), pct(s.robust_acc),
+                     s.strongest or "—", fired])
+    return header, rows
+
+
+def step_rows(summary: EvalSummary) -> tuple[list[str], list[list[str]]]:
+    header = ["step", "setting", "robust % after step", "fooled here", "queries/example",
+              "seconds"]
+    rows = [["clean", "—", pct(summary.clean_worst), "—", "—", "—"]]
+    for st in summary.steps:
+        rows.append([st.label, st.setting + (" (white-box)" if st.white_box else ""),
+                     pct(st.robust_acc), str(st.fooled), f"{st.mean_queries:.0f}",
+                     f"{st.seconds:.1f}"])
+    return header, rows
+
+
+def flag_lines(summary: EvalSummary) -> list[str]:
+    out = []
+    steps = {st.step: st.label for st in summary.steps}
+    for f in summary.fired_flags:
+        where = f" (step: {steps[f.step]})" if f.step in steps else ""
+        explanation = FLAG_EXPLANATIONS.get(f.flag, "")
+        out.append(f"**{f.flag}**{where}: {f.detail}. {explanation}")
+    return out
+
+
+def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard evaluation report",
+                    command: str | None = None) -> str:
+    """A markdown report: an overview table, then per evaluation its cascade and its flags."""
+    parts = [f"# {title}", ""]
+    if command:
+        parts += ["Generated from the record store by:", "", f"    {command}", ""]
+    header, rows = overview_rows(summaries)
+    parts += [_md_table(header, rows), ""]
+    parts += ["Clean % is the mean over runs; worst-case robust % counts an example as robust only "
+              "if the defense classified it correctly in every run under every attack of the "
+              "cascade.", ""]
+    for s in summaries:
+        parts += [f"## {s.name}", ""]
+        env = s.environment
+        parts.append(f"- id `{s.eval_id}`; defense `{_defense_name(s.config)}`; traits "
+                     f"{json.dumps(s.traits)}")
+        parts.append(f"- data {s.config.get('dataset')}/{s.config.get('split')}, n={s.n}, "
+                     f"runs={s.runs}, seed={s.config.get('seed')}; {_threat(s.config)}")
+        parts.append(f"- advguard {env.get('advguard')} (commit {env.get('git_commit')}), torch "
+                     f"{env.get('torch')}, {env.get('device_name')}; {s.seconds:.0f} s")
+        parts.append("")
+        header, rows = step_rows(s)
+        parts += [_md_table(header, rows), ""]
+        flags = flag_lines(s)
+        if flags:
+            parts += ["Reliability flags:", ""] + [f"- {line}" for line in flags] + [""]
+        else:
+            parts += ["Reliability flags: none fired.", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:left}th{background:#f3f3f3}.flag{color:#a40000}"
+        "code{background:#f3f3f3;padding:0 3px}")
+
+
+def html_report(summaries: Sequence[EvalSummary], *, title: str = "advguard evaluation report",
+                command: str | None = None) -> str:
+    """The same content as :func:`markdown_report` as one self-contained HTML page."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if command:
+        parts.append(f"<p>Generated from the record store by <code>{html.escape(command)}</code>"
+                     "</p>")
+    header, rows = overview_rows(summaries)
+    parts.append(_html_table(header, rows))
+    for s in summaries:
+        parts.append(f"<h2>{html.escape(s.name)}</h2><p>id <code>{s.eval_id}</code>, defense "
+                     f"<code>{html.escape(_defense_name(s.config))}</code>, "
+                     f"{html.escape(_threat(s.config))}, n={s.n}, runs={s.runs}</p>")
+        header, rows = step_rows(s)
+        parts.append(_html_table(header, rows))
+        for line in flag_lines(s):
+            parts.append(f"<p class='flag'>{html.escape(line.replace('**', ''))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def load_summaries(store: RecordStore, ids: Sequence[str] | None = None) -> list[EvalSummary]:
+    """Summaries of the given evaluation ids (prefixes allowed), or of all, oldest first."""
+    all_ids = store.evaluation_ids()
+    if not ids:
+        return [summarize(store, i) for i in all_ids]
+    chosen = []
+    for wanted in ids:
+        matches = [i for i in all_ids if i.startswith(wanted)
+                   or store.evaluation(i)["name"] == wanted]
+        if not matches:
+            from advguard.errors import AdvguardError
+
+            raise AdvguardError(f"no evaluation matching {wanted!r} in {store.path}")
+        chosen += [m for m in matches if m not in chosen]
+    return [summarize(store, i) for i in chosen]

@@ -1,0 +1,230 @@
+"""The evaluation harness: worst-case cascade, runs, records, resume after kill -9, flags,
+reports, CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advguard.checkpoint import save_checkpoint
+from advguard.data import ImageDataset, first_n
+from advguard.errors import ConfigError
+from advguard.evaluation import EvalConfig, RecordStore, StepSpec, evaluate, summarize
+from advguard.reports import html_report, markdown_report
+
+PGD = {"setting": "adaptive", "attack": "pgd", "steps": 10, "alpha": 0.01}
+
+
+def _data(fmnist_sample_test: ImageDataset, n: int) -> ImageDataset:
+    return first_n(fmnist_sample_test, n)
+
+
+def _fired(summary, step: int | None = None) -> set[str]:  # type: ignore[no-untyped-def]
+    return {f.flag for f in summary.fired_flags if step is None or f.step == step}
+
+
+def test_plain_model_cascade_and_quiet_flags(tmp_path: Path, fmnist_model: nn.Module,
+                                            fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 120)
+    config = EvalConfig(name="plain", eps=0.1, batch_size=60, device="cpu", check_examples=40,
+                        steps=[{"setting": "adaptive", "attack": "fgsm"}, PGD])
+    summary = evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
+                       progress=False)
+    with torch.no_grad():
+        clean = float((fmnist_model(data.images).argmax(1) == data.labels).float().mean())
+    assert summary.clean_acc == pytest.approx(clean)
+    assert summary.runs == 1 and summary.n == 120 and summary.complete
+    accs = [s.robust_acc for s in summary.steps]
+    assert accs[0] <= clean and accs[1] <= accs[0]  # cumulative worst case never rises
+    assert summary.robust_acc == accs[-1] < 0.3
+    assert _fired(summary) == set()  # a plain differentiable model raises no flag
+
+
+def test_flags_fire_on_bit_depth_without_bpda(tmp_path: Path, fmnist_model: nn.Module,
+                                              fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 80)
+    config = EvalConfig(name="bitdepth", eps=0.1, batch_size=80, device="cpu", check_examples=40,
+                        defense={"name": "bit_depth", "bits": 2},
+                        steps=[{**PGD, "bpda": False}, {"setting": "oblivious", "attack": "pgd",
+                                                        "steps": 10, "alpha": 0.01}, PGD])
+    summary = evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
+                       progress=False)
+    assert {"zero_gradients", "eps_insensitive"} <= _fired(summary, step=0)
+    assert "zero_gradients" not in _fired(summary, step=2)  # with BPDA the gradients are fine
+    assert "blackbox_beats_whitebox" in _fired(summary)
+    no_bpda, oblivious, _ = summary.steps
+    assert no_bpda.robust_acc > summary.clean_acc - 0.1  # plain PGD is stopped
+    assert oblivious.fooled > 0
+    assert summary.strongest == oblivious.label
+
+
+def test_randomized_defense_runs_and_worst_case(tmp_path: Path, fmnist_model: nn.Module,
+                                                fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 60)
+    config = EvalConfig(name="noise", eps=0.05, batch_size=60, device="cpu", runs=5, checks=False,
+                        defense={"name": "gaussian_noise", "sigma": 0.2},
+                        steps=[{**PGD, "eot": 4}])
+    path = tmp_path / "r.sqlite"
+    summary = evaluate(config, store=path, model=fmnist_model, data=data, progress=False)
+    assert summary.runs == 5 and summary.traits["randomized"]
+    with RecordStore(path) as store:
+        outcomes = store.outcomes(summary.eval_id)
+        examples = store.examples(summary.eval_id)
+    assert {o.run for o in outcomes} == set(range(5))
+    # An example counts as robust only if it survived every run.
+    fooled = {o.example for o in outcomes if not o.correct}
+    robust = {e.example for e in examples if e.fooled_by is None}
+    assert robust.isdisjoint(fooled)
+    assert all(e.clean_correct_runs == 5 for e in examples if e.example in robust)
+    assert summary.clean_worst <= summary.clean_acc
+
+
+_KILL_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from advguard.evaluation import EvalConfig, evaluate
+config = EvalConfig.from_file(sys.argv[1])
+evaluate(config, store=sys.argv[2], progress=False)
+"""
+
+
+def _records(path: Path, eval_id: str) -> tuple[list[tuple], list[tuple]]:
+    db = sqlite3.connect(str(path))
+    ex = db.execute("SELECT example, label, clean_correct_runs, fooled_by FROM examples WHERE "
+                    "eval_id=? ORDER BY example", (eval_id,)).fetchall()
+    out = db.execute("SELECT example, step, run, correct, distance FROM outcomes WHERE eval_id=? "
+                     "ORDER BY example, step, run", (eval_id,)).fetchall()
+    db.close()
+    return ex, out
+
+
+def test_kill_9_and_resume_gives_identical_records(tmp_path: Path, fmnist_model: nn.Module
+                                                   ) -> None:
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        f"model: {ckpt}\nn: 160\nbatch_size: 20\neps: 0.05\nruns: 2\nchecks: false\n"
+        "device: cpu\ndefense: {name: gaussian_noise, sigma: 0.1}\n"
+        "steps:\n  - {setting: adaptive, attack: pgd, steps: 15, alpha: 0.005, eot: 3}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    killed = tmp_path / "killed.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(cfg), str(killed)], env=env)
+    deadline = time.time() + 300
+    done_at_kill = 0
+    while time.time() < deadline and proc.poll() is None:
+        if killed.exists():
+            try:
+                db = sqlite3.connect(str(killed), timeout=1)
+                done_at_kill = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+                db.close()
+            except sqlite3.OperationalError:
+                done_at_kill = 0
+            if done_at_kill >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the evaluation finished before it could be killed"
+    assert 2 <= done_at_kill < 8
+    config = EvalConfig.from_file(cfg)
+    resumed = evaluate(config, store=killed, progress=False)
+    fresh = evaluate(config, store=tmp_path / "fresh.sqlite", progress=False)
+    assert resumed.eval_id == fresh.eval_id
+    assert _records(killed, resumed.eval_id) == _records(tmp_path / "fresh.sqlite", fresh.eval_id)
+    assert resumed.robust_acc == fresh.robust_acc and resumed.complete
+
+
+def test_rerun_of_a_finished_evaluation_recomputes_nothing(
+        tmp_path: Path, fmnist_model: nn.Module, fmnist_sample_test: ImageDataset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(fmnist_sample_test, 40)
+    config = EvalConfig(eps=0.05, batch_size=20, device="cpu", checks=False, steps=[PGD])
+    first = evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
+                     progress=False)
+    import advguard.evaluation.harness as harness
+
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished chunk was recomputed")
+
+    monkeypatch.setattr(harness, "_run_chunk", boom)
+    second = evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
+                      progress=False)
+    assert second.to_dict() == first.to_dict()
+
+
+def test_reports_are_generated_from_records(tmp_path: Path, fmnist_model: nn.Module,
+                                            fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 40)
+    path = tmp_path / "r.sqlite"
+    config = EvalConfig(name="report-test", eps=0.05, batch_size=40, device="cpu", checks=False,
+                        defense={"name": "bit_depth", "bits": 3}, steps=[PGD])
+    summary = evaluate(config, store=path, model=fmnist_model, data=data, progress=False)
+    md = markdown_report([summary])
+    assert "| report-test | bit_depth(bits=3) |" in md
+    assert f"{100 * summary.robust_acc:.1f}" in md
+    assert f"{100 * summary.clean_acc:.1f}" in md
+    page = html_report([summary])
+    assert page.startswith("<!doctype html>") and "report-test" in page
+    with RecordStore(path) as store:
+        again = summarize(store, summary.eval_id)
+    assert again.to_dict() == summary.to_dict()
+
+
+def test_eval_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="eps must be"):
+        EvalConfig(eps=-1)
+    with pytest.raises(ConfigError, match="unknown evaluation config key"):
+        EvalConfig.from_dict({"epsilon": 0.1})
+    with pytest.raises(ConfigError, match="'setting' and 'attack'"):
+        StepSpec.from_dict({"attack": "pgd"})
+    with pytest.raises(ConfigError, match="step target"):
+        StepSpec.from_dict({"setting": "adaptive", "attack": "pgd", "target": "most_likely"})
+    step = StepSpec.from_dict({"setting": "adaptive", "attack": "pgd", "steps": 7})
+    assert step.params == {"steps": 7} and step.display == "adaptive:pgd(steps=7)"
+    path = tmp_path / "e.yaml"
+    path.write_text("eval:\n  eps: 0.1\n  steps:\n    - {setting: oblivious, attack: fgsm}\n")
+    assert EvalConfig.from_file(path).steps[0].setting == "oblivious"
+
+
+def test_settings_reject_misuse(tmp_path: Path, fmnist_model: nn.Module,
+                                fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 10)
+    store = tmp_path / "r.sqlite"
+    for steps, match in [([{"setting": "transfer", "attack": "pgd"}], "needs a 'source'"),
+                         ([{"setting": "adaptive", "attack": "pgd", "eps": 0.3}],
+                          "set by the evaluation"),
+                         ([{"setting": "query", "attack": "pgd"}], "score- or decision-based"),
+                         ([{"setting": "clean", "attack": "pgd"}], "always evaluated first")]:
+        with pytest.raises(ConfigError, match=match):
+            evaluate(EvalConfig(eps=0.1, device="cpu", steps=steps), store=store,
+                     model=fmnist_model, data=data, progress=False)
+
+
+def test_eval_and_report_commands(tmp_path: Path, fmnist_model: nn.Module,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from advguard.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    store = tmp_path / "r.sqlite"
+    argv = ["eval", "--model", str(ckpt), "--defense", "bit_depth", "--eps", "0.1", "--n", "30",
+            "--attack", "adaptive:pgd:steps=5,alpha=0.02", "--attack", "oblivious:fgsm",
+            "--no-checks", "--store", str(store), "--quiet", "--device", "cpu", "--name", "cli"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| cli | bit_depth |" in out and "adaptive:pgd(alpha=0.02,steps=5)" in out
+    html_path = tmp_path / "report.html"
+    assert main(["report", "--store", str(store), "--format", "html", "-o", str(html_path)]) == 0
+    assert "cli" in html_path.read_text()
+    assert main(["report", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert main(["eval", "--model", str(ckpt), "--attack", "adaptive", "--store",
+                 str(store)]) == 2
+    assert "SETTING:ATTACK" in capsys.readouterr().err
