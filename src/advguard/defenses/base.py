@@ -24,13 +24,17 @@ Randomness comes only from generators the module owns (:class:`Randomness`), see
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from advguard.rng import Randomness, derive_seed
+
+__all__ = ["Averaged", "Defense", "Output", "Pipeline", "Randomness", "Traits", "Transform",
+           "Undefended", "as_defense", "derive_seed", "gradient_inside_forward"]
 
 Output = Literal["logits", "probs"]
 
@@ -46,49 +50,6 @@ class Traits:
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived deterministically from ``seed`` and ``keys`` (stable across runs and
-    platforms, unlike ``hash``)."""
-    text = "/".join([str(seed), *map(str, keys)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-class Randomness(nn.Module):
-    """Owns a seed and one ``torch.Generator`` per device, created lazily and seeded from it.
-
-    :meth:`reseed` re-seeds this module and, with derived seeds, every :class:`Randomness`
-    submodule, so a composite defense is reproducible from one number.
-    """
-
-    def __init__(self, *, seed: int = 0) -> None:
-        super().__init__()
-        self._seed = int(seed)
-        self._generators: dict[str, torch.Generator] = {}
-
-    @property
-    def seed(self) -> int:
-        return self._seed
-
-    def generator(self, device: torch.device | str) -> torch.Generator:
-        """This module's generator for ``device`` (the device of the inputs)."""
-        key = str(torch.device(device))
-        gen = self._generators.get(key)
-        if gen is None:
-            gen = torch.Generator(device=torch.device(device))
-            gen.manual_seed(self._seed)
-            self._generators[key] = gen
-        return gen
-
-    def reseed(self, seed: int) -> None:
-        """Re-seed this module and, with seeds derived from ``seed``, its random submodules."""
-        self._seed = int(seed)
-        self._generators.clear()
-        for name, child in self.named_modules():
-            if child is not self and isinstance(child, Randomness):
-                child._seed = derive_seed(seed, name)
-                child._generators.clear()
 
 
 def gradient_inside_forward(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,

@@ -52,6 +52,7 @@ from advguard.data import (
 )
 from advguard.errors import AdvguardError, ConfigError
 from advguard.models import create_model
+from advguard.rng import rng_states, set_rng_states
 from advguard.training.config import TrainConfig
 from advguard.training.evaluate import evaluate_accuracy
 from advguard.training.recipes import Recipe, make_recipe
@@ -301,6 +302,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "data_gen_epoch_start": self.epoch_start_data_state,
             "step_gen": self.step_gen.get_state(),
+            "model_rng": rng_states(self.model),
             "global_rng": rng,
             "sums": self.sums,
             "history": self.history,
@@ -322,6 +324,7 @@ class _Run:
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
         self.elapsed = float(state["elapsed"])
         self.step_gen.set_state(state["step_gen"].to(self.step_gen.get_state().device))
+        set_rng_states(self.model, state["model_rng"])
         if state["data_gen_epoch_start"] is not None:
             self.epoch_start_data_state = state["data_gen_epoch_start"]
             self.data_gen.set_state(self.epoch_start_data_state)
