@@ -5,6 +5,7 @@ library functions (house rule 9). Every command has ``--help``; user errors prin
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -205,6 +206,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment_list(args: argparse.Namespace) -> int:
+    from advguard.configs import list_configs
+    from advguard.experiments import expand, load_experiment
+
+    rows = []
+    for name in list_configs("experiments"):
+        spec = load_experiment(name)
+        rows.append([name, str(len(expand(spec))), spec.description])
+    print(_table(rows, ["experiment", "cells", "description"]))
+    return 0
+
+
+def cmd_experiment_run(args: argparse.Namespace) -> int:
+    from advguard.experiments import expand, experiment_report, load_experiment, run_experiment
+
+    spec = load_experiment(args.name)
+    if args.dry_run:
+        for cell in expand(spec):
+            if not args.only or fnmatch.fnmatch(cell.config.name, args.only):
+                print(cell.config.name)
+        return 0
+    run_experiment(spec, only=args.only, progress=not args.quiet, device=args.device)
+    print(experiment_report(spec))
+    return 0
+
+
+def cmd_experiment_report(args: argparse.Namespace) -> int:
+    from advguard.experiments import experiment_report, load_experiment
+
+    spec = load_experiment(args.name)
+    plots = args.plots or (str(Path(args.output).parent) if args.output else None)
+    text = experiment_report(spec, plots_dir=plots)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_configs_list(args: argparse.Namespace) -> int:
     from advguard.configs import config_path, list_configs
 
@@ -330,6 +372,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-line", action="store_true",
                    help="include the generating command in the report")
     p.set_defaults(func=cmd_report)
+
+    exp = sub.add_parser("experiment", help="run a paper table/figure (a grid of evaluations)",
+                         description="Experiments are YAML grids of evaluations with the tables "
+                                     "and plots generated from their records.")
+    exp_sub = exp.add_subparsers(dest="experiment_command", metavar="SUBCOMMAND")
+    p = exp_sub.add_parser("list", help="list shipped experiments")
+    p.set_defaults(func=cmd_experiment_list)
+    p = exp_sub.add_parser("run", help="train what is missing, then evaluate every cell "
+                                       "(resumable)")
+    p.add_argument("name", help="experiment file or shipped name (see: advguard experiment list)")
+    p.add_argument("--only", help="glob over cell names, e.g. '*CAP*'")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--device", help="override the evaluation device")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_experiment_run)
+    p = exp_sub.add_parser("report", help="tables and plots from the experiment's records")
+    p.add_argument("name", help="experiment file or shipped name")
+    p.add_argument("--output", "-o", help="markdown file to write (plots go beside it)")
+    p.add_argument("--plots", help="directory for plot PNGs (default: beside --output)")
+    p.set_defaults(func=cmd_experiment_report)
+    exp.set_defaults(func=lambda a: _help(exp))
 
     p = sub.add_parser("quickstart", help="a 2-minute tour on the embedded Fashion-MNIST sample",
                        description="Train a small CNN on the Fashion-MNIST sample shipped with "
