@@ -55,3 +55,13 @@ def test_train_command_writes_a_checkpoint(tmp_path: Path,
     assert (out / "model.safetensors").exists() and (out / "record.json").exists()
     assert "checkpoint:" in capsys.readouterr().out
     assert "lr: 0.02" in (out / "config.yaml").read_text()
+
+
+def test_quickstart_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quickstart", "--epochs", "2", "--quiet", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert "zero_gradients" in lines["bit depth, naive attack (no BPDA)"]
+    assert "randomized_output" in lines["Gaussian noise (σ=0.2)"]
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    assert (tmp_path / "records.sqlite").exists()
