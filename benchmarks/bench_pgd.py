@@ -85,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         theirs_attack = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS,
                                          random_start=random_start)
 
-        def ours(rs: bool = random_start) -> torch.Tensor:
+        def ours(attack: PGD = ours_attack) -> torch.Tensor:
             gen = torch.Generator(device=device).manual_seed(0)
             with autocast:
-                return ours_attack(model, x, y, generator=gen).adv
+                return attack(model, x, y, generator=gen).adv
 
-        def theirs() -> torch.Tensor:
+        def theirs(attack: torchattacks.PGD = theirs_attack) -> torch.Tensor:
             torch.manual_seed(0)
             with autocast:
-                return theirs_attack(x, y)
+                return attack(x, y)
 
         ours(), theirs()  # warm-up
         t_ours, t_theirs = [], []

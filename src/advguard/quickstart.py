@@ -22,7 +22,7 @@ from typing import Any
 
 from advguard.configs import config_path
 from advguard.data import first_n, load_dataset
-from advguard.evaluation import EvalConfig, EvalSummary, evaluate
+from advguard.evaluation import EvalConfig, StepSpec, evaluate
 from advguard.reports import pct
 from advguard.training import TrainConfig, train
 
@@ -77,15 +77,14 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
         data = first_n(load_dataset("fashion-mnist-sample", "test"), N_EXAMPLES)
         report = QuickstartReport(header=["defense", "clean %", "oblivious PGD %",
                                           "adaptive worst case %", "flags"])
-        summaries: list[EvalSummary] = []
         for label, defense, steps in _evaluations():
             eval_config = EvalConfig(
                 name=f"quickstart: {label}", dataset="fashion-mnist-sample", n=N_EXAMPLES,
-                defense=defense, eps=EPS, steps=tuple(steps), runs=5, seed=0, device=device,
+                defense=defense, eps=EPS, steps=tuple(StepSpec.from_dict(s) for s in steps),
+                runs=5, seed=0, device=device,
                 batch_size=N_EXAMPLES, checks=True, check_examples=32)
             summary = evaluate(eval_config, store=out / "records.sqlite", model=result.model,
                                data=data, progress=False)
-            summaries.append(summary)
             oblivious = next((s for s in summary.steps if s.setting == "oblivious"), None)
             flags = ", ".join(sorted({f.flag for f in summary.fired_flags})) or "none"
             report.rows.append([label, pct(summary.clean_acc),
