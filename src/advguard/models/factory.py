@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from advguard.errors import ConfigError
+from advguard.models.noise import NoiseSpec, add_weight_noise
 from advguard.models.normalized import ModelSpec, Normalized, as_float_tuple
 from advguard.registry import Registry
 
@@ -94,7 +95,7 @@ def _positive_int(value: Any, what: str) -> int:
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
                  input_size: int | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, seed: int | None = None,
-                 **kwargs: Any) -> Normalized:
+                 noise: Mapping[str, Any] | None = None, **kwargs: Any) -> Normalized:
     """Build a registered architecture, wrapped in :class:`Normalized`.
 
     Args:
@@ -111,6 +112,12 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
         seed: if given, parameters are initialized from ``torch.manual_seed(seed)`` inside
             ``torch.random.fork_rng`` (the global RNG is left as it was); ``None`` draws them
             from the global RNG, as PyTorch modules do. Not part of the spec.
+        noise: a noise-injection spec (:class:`~advguard.models.noise.NoiseSpec` fields, e.g.
+            ``{"kind": "pni"}`` or ``{"kind": "cni", "rank": 5}``): every ``nn.Conv2d`` /
+            ``nn.Linear`` it selects becomes a noisy layer (:mod:`advguard.models.noise`). It is
+            recorded, defaults resolved, in ``spec.kwargs["noise"]`` (absent when None), so
+            checkpoints rebuild the noise layers; their generators are seeded from ``seed``
+            (0 if None) and each layer's name.
         **kwargs: architecture arguments (e.g. ``dropout`` for ``smallcnn``, ``depth`` and
             ``widen_factor`` for ``wide_resnet``); an unknown one raises
             :class:`~advguard.errors.ConfigError` listing those accepted.
@@ -136,7 +143,7 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
     params = _arch_params(name)
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        accepted = ", ".join([*_COMMON, "mean", "std", "seed", *params])
+        accepted = ", ".join([*_COMMON, "mean", "std", "seed", "noise", *params])
         raise ConfigError(
             f"model {name!r} got unknown argument(s) {', '.join(map(repr, unknown))}; "
             f"it accepts: {accepted}")
@@ -158,13 +165,19 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
 
     all_kwargs = {"num_classes": num_classes, "in_channels": in_channels,
                   "input_size": input_size, **arch_args}
-    spec = ModelSpec(name=name, kwargs=all_kwargs, mean=mean_t, std=std_t)
+    noise_spec = NoiseSpec.from_dict(noise) if noise is not None else None
+    spec_kwargs = dict(all_kwargs)
+    if noise_spec is not None:
+        spec_kwargs["noise"] = noise_spec.to_dict()
+    spec = ModelSpec(name=name, kwargs=spec_kwargs, mean=mean_t, std=std_t)
     if seed is None:
         network = entry.value(**all_kwargs)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = entry.value(**all_kwargs)
+    if noise_spec is not None:
+        add_weight_noise(network, noise_spec, seed=0 if seed is None else seed)
     return Normalized(network, spec.mean, spec.std, spec=spec)
 
 

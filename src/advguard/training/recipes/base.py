@@ -52,9 +52,19 @@ class Recipe(abc.ABC):
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; by default every parameter gets ``weight_decay``."""
-        return [{"params": [p for p in model.parameters() if p.requires_grad],
-                 "weight_decay": weight_decay}]
+        """Optimizer parameter groups: every trainable parameter gets ``weight_decay`` except the
+        direct parameters of submodules that declare ``exclude_from_weight_decay = True`` (the
+        learned noise scales of :mod:`advguard.models.noise`: PNI's α shrinks to zero under weight
+        decay), which form a second group with weight decay 0."""
+        excluded = {id(p) for m in model.modules() if getattr(m, "exclude_from_weight_decay", False)
+                    for p in m.parameters(recurse=False)}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) not in excluded],
+                   "weight_decay": weight_decay}]
+        no_decay = [p for p in trainable if id(p) in excluded]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
