@@ -12,17 +12,21 @@ from advguard.attacks.base import (
     make_attack,
     resolve_target,
 )
+from advguard.attacks.epgd import EPGD
 from advguard.attacks.fgsm import FGSM
 from advguard.attacks.foolbox_attacks import DDN, Boundary, CarliniWagnerL2, GenAttack, HopSkipJump
 from advguard.attacks.losses import LOSSES, get_loss
+from advguard.attacks.nattack import NAttack
 from advguard.attacks.pgd import PGD
+from advguard.attacks.smoothadv import SmoothAdv
 from advguard.attacks.transfer import Transfer, transfer
 from advguard.attacks.wrappers import BPDA, EOT, MajorityVote, input_gradient, per_example_loss
 
 __all__ = [
-    "APGD", "ATTACKS", "BPDA", "DDN", "EOT", "FAB", "FGSM", "LOSSES", "PGD", "APGDTargeted",
-    "Attack", "AttackResult", "AutoAttack", "Boundary", "CarliniWagnerL2", "GenAttack",
-    "HopSkipJump", "LogitsOf", "MajorityVote", "Square", "ThreatModel", "Transfer",
+    "APGD", "ATTACKS", "BPDA", "DDN", "EOT", "EPGD", "FAB", "FGSM", "LOSSES", "PGD",
+    "APGDTargeted", "Attack", "AttackResult", "AutoAttack", "Boundary", "CarliniWagnerL2",
+    "GenAttack", "HopSkipJump", "LogitsOf", "MajorityVote", "NAttack", "SmoothAdv", "Square",
+    "ThreatModel", "Transfer",
     "as_logits_model", "get_loss", "input_gradient",
     "make_attack", "per_example_loss", "resolve_target", "transfer",
 ]

@@ -13,11 +13,17 @@ from advguard.defenses.base import (
     derive_seed,
     gradient_inside_forward,
 )
+from advguard.defenses.cap import CAP
+from advguard.defenses.mixup_inference import MixupInference
 from advguard.defenses.reference import BitDepthReduction, GaussianNoise
 from advguard.defenses.registry import DEFENSES, build_defense, build_part
+from advguard.defenses.smoothing import Smoothed, SmoothedPrediction, clopper_pearson
+from advguard.defenses.transforms import GuoCropRescale, RandomRotation, XiePadding
 
 __all__ = [
-    "DEFENSES", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise", "Pipeline",
-    "Randomness", "Traits", "Transform", "Undefended", "as_defense", "build_defense", "build_part",
-    "derive_seed", "gradient_inside_forward",
+    "CAP", "DEFENSES", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise",
+    "GuoCropRescale", "MixupInference", "Pipeline", "RandomRotation", "Randomness", "Smoothed",
+    "SmoothedPrediction", "Traits",
+    "Transform", "Undefended", "XiePadding", "as_defense", "build_defense", "build_part",
+    "clopper_pearson", "derive_seed", "gradient_inside_forward",
 ]
