@@ -319,7 +319,16 @@ class Smoothed(Defense):
 
     def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
         """Forward value: the vote; gradient: the soft vote (mean probabilities) over the same
-        draws — the BPDA surrogate of the hard votes."""
+        draws — the BPDA surrogate of the hard votes.
+
+        The surrogate is multiplicative, ``soft · stop_gradient(vote / soft)``: attacks read a
+        ``"probs"`` output through its logarithm, and ``∇ log`` of this is ``∇ log soft`` exactly,
+        whatever the vote. (An additive straight-through ``soft + stop_gradient(vote − soft)``
+        has ``∇ log = ∇ soft / vote``: infinite, then clamped to zero, as soon as the class's
+        vote reaches 0 — PGD stops pushing the moment its own draws are fooled, and fresh draws
+        at evaluation undo it. Measured on the quickstart model, m = 8, σ = 0.2, ε = 0.5: 20%
+        left robust with the additive form vs 0% for the soft vote.) Zero votes are returned as
+        ``1e-12``, the floor attacks clamp probabilities to anyway."""
         if self.traits.differentiable:
             return self.forward(x)
         exact: torch.Tensor | None = None
@@ -332,7 +341,8 @@ class Smoothed(Defense):
         assert exact is not None
         assert approx is not None
         exact, approx = exact / self.m, approx / self.m
-        return approx + (exact - approx).detach()
+        tiny = 1e-12
+        return approx * (exact.clamp_min(tiny) / approx.detach().clamp_min(tiny))
 
     def transforms(self) -> Iterator[Transform]:
         model = self.model
