@@ -63,5 +63,9 @@ def test_quickstart_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     lines = {line.split("  ")[0]: line for line in out.splitlines()}
     assert "zero_gradients" in lines["bit depth, naive attack (no BPDA)"]
     assert "randomized_output" in lines["Gaussian noise (σ=0.2)"]
+    for row in ("CAP (N=9, α=0.05, μ=0.1)", "SMOOTH (m=8, σ=0.2, prediction vote)"):
+        cells = [c.strip() for c in lines[row].split("  ") if c.strip()]
+        clean, oblivious, worst = (float(c) for c in cells[1:4])
+        assert worst <= oblivious <= clean  # the cascade's worst case never exceeds a step of it
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert (tmp_path / "records.sqlite").exists()

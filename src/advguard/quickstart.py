@@ -8,7 +8,11 @@ package — no download, CPU only, about two minutes on two cores.
    *oblivious* protocol (attack the undefended model, as many papers do) and then under the
    *adaptive* one (BPDA through the quantizer, EOT over the noise), as one worst-case cascade;
 4. show what happens when bit-depth reduction is attacked naively (no BPDA): robustness looks
-   high, and the reliability flags say why it should not be believed.
+   high, and the reliability flags say why it should not be believed;
+5. two of the papers' defenses in front of the same model: CAP (counteracting perturbations for
+   the 9 non-predicted labels; attacked obliviously, through its exact a.e. gradient and through
+   the BPDA soft-sign surrogate) and SMOOTH (a prediction vote over 8 draws of Gaussian input
+   noise; attacked obliviously and through the soft-vote surrogate).
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ def _evaluations() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
          [oblivious, adaptive]),
         ("bit depth, naive attack (no BPDA)", {"name": "bit_depth", "bits": 2},
          [{**adaptive, "bpda": False}]),
+        ("CAP (N=9, α=0.05, μ=0.1)", {"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1},
+         [oblivious, {"setting": "adaptive", **PGD},
+          {"setting": "adaptive", **PGD, "bpda": True}]),
+        ("SMOOTH (m=8, σ=0.2, prediction vote)",
+         {"name": "smoothing", "m": 8, "sigma": 0.2, "vote": "prediction"},
+         [oblivious, {"setting": "adaptive", **PGD, "eot": 1}]),
     ]
 
 
@@ -99,8 +109,10 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
             "Oblivious: PGD crafted on the undefended model, then classified by the defense "
             "(the protocol of many defense papers).",
             "Adaptive worst case: an example counts as robust only if it survives the oblivious "
-            "attack and PGD through the defense (BPDA for bit depth, EOT-10 for noise), in every "
-            "one of 5 runs for the randomized defense.",
+            "attack and PGD through the defense (BPDA for bit depth, EOT-10 for noise; for CAP "
+            "both its exact gradient and the BPDA soft-sign surrogate; for SMOOTH the soft vote "
+            "over the same 8 draws as surrogate), in every one of 5 runs for the randomized "
+            "defenses (CAP with all 9 non-predicted labels is deterministic).",
             "The last row attacks bit depth without BPDA: its gradients are zero, PGD cannot move,"
             " and the reliability flags (zero_gradients, eps_insensitive) say the number is not "
             "to be trusted; randomized_output says the noise defense needs EOT and repeated runs."
