@@ -1,6 +1,7 @@
 """Noise-injection layers (PNI, CNI): the noise formula against a hand computation, noise active in
 eval mode, owned and seeded randomness, CNI's low-rank covariance, learned scales excluded from
-weight decay, conversion of registry models, checkpoints and FLOP counts. CPU, tiny models."""
+weight decay, conversion of registry models, checkpoints and FLOP counts, and stacked copies
+(k weight draws in one forward == k forwards). CPU, tiny models."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from advguard.models.noise import (
     has_noise,
     inject_noise,
     noise_modules,
+    weight_noise_copies,
 )
 from advguard.rng import derive_seed, rng_states, set_rng_states
 from advguard.training import TrainConfig, make_recipe, train
@@ -216,3 +218,89 @@ def test_noisy_models_round_trip_through_checkpoints(kind: str, tmp_path: Path) 
                              seed=11)
     loaded2, _ = load_checkpoint(save_checkpoint(tmp_path / "c.safetensors", converted))
     assert loaded2.state_dict().keys() == converted.state_dict().keys()
+
+
+# --------------------------------------------------------------------------- stacked copies
+SPECS = {
+    "pni-layer": {"kind": "pni"},
+    "pni-channel": {"kind": "pni", "granularity": "channel"},
+    "pni-element": {"kind": "pni", "granularity": "element"},
+    "cni-rank0": {"kind": "cni", "rank": 0},
+    "cni-rank3": {"kind": "cni", "rank": 3},
+}
+LAYERS = {  # (layer, input shape of one copy)
+    "conv-stride-pad": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), (3, 4, 9, 9)),
+    "conv-groups-dilation-reflect": (
+        lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2, padding_mode="reflect",
+                          bias=False), (3, 4, 8, 8)),
+    "linear": (lambda: nn.Linear(5, 7), (3, 5)),
+    "linear-3d-no-bias": (lambda: nn.Linear(5, 7, bias=False), (2, 4, 5)),
+}
+
+
+def _noisy_layer(layer: str, spec: str) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(LAYERS[layer][0]())
+    assert add_weight_noise(net, SPECS[spec], seed=2) == 1
+    return net
+
+
+def _generator_states(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: state["generators"]["cpu"]  # type: ignore[index]
+            for name, state in rng_states(model).items()}
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_stacked_copies_equal_sequential_forwards(layer: str, spec: str) -> None:
+    k = 4
+    batched, looped = _noisy_layer(layer, spec), _noisy_layer(layer, spec)
+    x = torch.rand(LAYERS[layer][1], generator=torch.Generator().manual_seed(1))
+    xb, xl = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with weight_noise_copies(batched, k):
+        out = batched(xb.repeat(k, *([1] * (x.dim() - 1))))
+    ref = torch.cat([looped(xl) for _ in range(k)])
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out[: len(x)], out[len(x): 2 * len(x)])  # a new draw per copy
+    assert _generator_states(batched).keys() == _generator_states(looped).keys() != set()
+    assert all(torch.equal(a, _generator_states(looped)[n])
+               for n, a in _generator_states(batched).items())
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    (gb,) = torch.autograd.grad((out * weights).sum(), xb)
+    (gl,) = torch.autograd.grad((ref * weights).sum(), xl)
+    assert torch.allclose(gb, gl, atol=1e-5)
+    assert all("copies" not in m.__dict__ for m in batched.modules())  # restored on exit
+    with torch.no_grad():  # and the next ordinary forward continues both streams alike
+        assert torch.allclose(batched(x), looped(x), atol=1e-6)
+
+
+def test_one_copy_and_nested_copies() -> None:
+    model, ref = lenet(kind="cni", rank=2), lenet(kind="cni", rank=2)
+    with torch.no_grad():
+        with weight_noise_copies(model, 1):  # k = 1: the ordinary forward, bitwise
+            assert torch.equal(model(X), ref(X))
+        with weight_noise_copies(model, 2), weight_noise_copies(model, 3):
+            out = model(X.repeat(6, 1, 1, 1))  # 3 copies of 2 copies: 6 draws
+        expected = torch.cat([ref(X) for _ in range(6)])
+    assert torch.allclose(out, expected, atol=1e-5)
+    conv1 = model.model.conv1
+    assert isinstance(conv1, NoisyConv2d) and conv1.copies == 1
+
+
+def test_copies_without_noise_use_the_plain_weights_and_draw_nothing() -> None:
+    quiet = lenet(kind="pni", eval_noise=False).eval()
+    with torch.no_grad():
+        plain = quiet(X)
+        with weight_noise_copies(quiet, 3):
+            out = quiet(X.repeat(3, 1, 1, 1))
+    assert torch.allclose(out, plain.repeat(3, 1), atol=1e-5)
+    assert all(not m.rng_state()["generators"] for m in noise_modules(quiet))  # nothing drawn
+
+
+def test_copies_need_a_batch_divisible_by_their_number() -> None:
+    model = lenet(kind="pni")
+    with weight_noise_copies(model, 3), pytest.raises(ValueError, match="multiple of the number"):
+        model(X)  # 4 rows, 3 copies
+    with pytest.raises(ValueError, match="copies must be"), weight_noise_copies(model, 0):
+        pass

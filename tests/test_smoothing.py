@@ -259,7 +259,7 @@ def test_smoothing_a_pipeline_and_a_pni_model() -> None:
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     pni = noise.inject_noise(create_model("lenet5", in_channels=1), {"kind": "pni"}, seed=0).eval()
     defense = Smoothed(pni, m=4, sigma=0.0, vote="prediction", seed=0)
-    assert defense.traits.randomized and not defense.batched  # one weight draw per forward
+    assert defense.traits.randomized and defense.batched  # one weight draw per stacked copy
     with torch.no_grad():
         draws = defense.draws(x)
     assert not torch.allclose(draws[0], draws[1])
@@ -371,3 +371,76 @@ def test_scale_s_experiment_uses_the_validation_choice() -> None:
             assert (spec["sigma"], spec["m"]) == chosen[(model, vote)]
             checked += 1
     assert checked == len(chosen)
+
+
+# --------------------------------------------------------------------------- batched weight noise
+@pytest.mark.parametrize(("name", "spec"), [
+    ("smallcnn", {"kind": "pni"}), ("lenet5", {"kind": "cni", "rank": 2})])
+def test_weight_noise_models_batch_their_draws_exactly(name: str, spec: dict[str, object]
+                                                       ) -> None:
+    """PNI/CNI layers draw one weight perturbation per stacked copy: chunk=16 (two forwards for
+    m = 20) gives the draws, votes and input gradients of chunk=1 (twenty forwards)."""
+    from advguard.models import create_model
+    from advguard.rng import rng_states
+
+    model = create_model(name, num_classes=10, in_channels=1, seed=0, noise=spec).eval()
+    with torch.no_grad():  # smallcnn zero-initializes its last layer (constant logits)
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(5))
+    assert draws_per_example(model)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    fast = Smoothed(model, m=20, sigma=0.1, vote="prediction", chunk=16, seed=7)
+    slow = Smoothed(model, m=20, sigma=0.1, vote="prediction", chunk=1, seed=7)
+    assert fast.batched and fast._chunks(20) == [16, 4] and len(slow._chunks(20)) == 20
+    draws = {}
+    for key, defense in (("fast", fast), ("slow", slow)):
+        defense.reseed(7)  # the two share the model, hence its noise generators
+        with torch.no_grad():
+            draws[key] = defense.draws(x)
+        draws[key + "-rng"] = rng_states(model)
+    assert torch.allclose(draws["fast"], draws["slow"], atol=1e-5)
+    assert not torch.allclose(draws["fast"][0], draws["fast"][1])  # independent weight draws
+    fast_rng, slow_rng = draws["fast-rng"], draws["slow-rng"]
+    assert all(torch.equal(fast_rng[n]["generators"]["cpu"],  # type: ignore[index]
+                           slow_rng[n]["generators"]["cpu"])  # type: ignore[index]
+               for n in fast_rng if fast_rng[n]["generators"])
+    votes = []
+    for defense in (fast, slow):
+        defense.reseed(7)
+        with torch.no_grad():
+            votes.append(defense(x))
+    assert torch.equal(votes[0], votes[1])
+    grads = []
+    for defense in (fast, slow):
+        soft = Smoothed(model, m=20, sigma=0.1, vote="soft", chunk=defense.chunk, seed=7)
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(soft(xg)[:, 0].sum(), xg)
+        grads.append(grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_eot_over_a_weight_noise_model_draws_weights_per_copy() -> None:
+    from advguard.attacks import EOT
+    from advguard.models import create_model
+    from advguard.rng import rng_states, set_rng_states
+
+    model = create_model("lenet5", num_classes=10, in_channels=1, seed=0,
+                         noise={"kind": "pni"}).eval()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    start = rng_states(model)
+    with torch.no_grad():
+        eot = EOT(model, 4, chunk=4)(x)
+        set_rng_states(model, start)
+        expected = torch.stack([model(x).softmax(-1) for _ in range(4)]).mean(0).log()
+    assert torch.allclose(eot, expected, atol=1e-5)
+
+
+def test_stacked_copies_need_a_divisible_batch() -> None:
+    from advguard.models import create_model
+
+    model = create_model("lenet5", num_classes=10, in_channels=1, noise={"kind": "pni"})
+    base = Smoothed(model, m=4, sigma=0.1).base
+    with pytest.raises(ValueError, match="cannot hold 4 stacked copies"):
+        base(torch.rand(6, 1, 28, 28), copies=4)

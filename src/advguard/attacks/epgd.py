@@ -34,7 +34,8 @@ class EPGD(PGD):
 
     The model's noise (input noise of the smoothing's base model, PNI/CNI weight noise) is drawn
     by the model itself. Draws run as batched forwards of ``chunk`` copies when the model's noise
-    is drawn per example, else one copy per forward (noise layers that draw once per forward
+    is drawn per example or per copy (PNI/CNI layers, inside :class:`EOT`'s
+    ``weight_noise_copies``), else one copy per forward (noise layers that draw once per forward
     would otherwise give every copy of a forward the same weights; see
     :func:`advguard.defenses.smoothing.draws_per_example`).
 

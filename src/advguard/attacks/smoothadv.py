@@ -13,13 +13,15 @@ from torch import nn
 from advguard.attacks.base import ATTACKS, as_logits_model
 from advguard.attacks.pgd import PGD
 from advguard.errors import ConfigError
+from advguard.models.noise import weight_noise_copies
 
 
 class _SoftSmoothed(nn.Module):
     """``log((1/m) Σ_i softmax(model(x + σ·η_i)))`` with the noise ``η`` (m, N, C, H, W) either
     fixed (drawn once, reused at every step) or drawn afresh from ``generator`` at every call.
-    Forwards of ``chunk`` copies; a chunk of one copy when the model draws noise once per
-    forward."""
+    Forwards of ``chunk`` copies (inside :func:`~advguard.models.noise.weight_noise_copies`, so
+    PNI/CNI layers draw per copy); a chunk of one copy when the model's noise cannot be drawn per
+    copy (``draws_per_example`` is False)."""
 
     def __init__(self, model: nn.Module, *, m: int, sigma: float, chunk: int,
                  noise: torch.Tensor | None, generator: torch.Generator) -> None:
@@ -42,7 +44,8 @@ class _SoftSmoothed(nn.Module):
             xr = x.repeat(k, *([1] * (x.dim() - 1)))
             if self.sigma > 0:
                 xr = xr + self.sigma * self._noise(x, done, k)
-            p = self.model(xr).float().softmax(-1).view(k, x.shape[0], -1).sum(0)
+            with weight_noise_copies(self.model, k):
+                p = self.model(xr).float().softmax(-1).view(k, x.shape[0], -1).sum(0)
             probs = p if probs is None else probs + p
             done += k
         assert probs is not None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advguard.attacks.base import as_logits_model
+from advguard.models.noise import weight_noise_copies
 
 LossOnLogits = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -56,7 +57,9 @@ class EOT(nn.Module):
 
     ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws, whose
     input gradient is the EOT gradient. ``chunk`` bounds how many copies of the batch run in one
-    forward (memory).
+    forward (memory); the forward runs inside
+    :func:`~advguard.models.noise.weight_noise_copies`, so PNI/CNI weight-noise layers draw one
+    weight perturbation per copy.
     """
 
     def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10) -> None:
@@ -78,7 +81,8 @@ class EOT(nn.Module):
                       loss: LossOnLogits) -> torch.Tensor:
         total = x.new_zeros(x.shape[0], dtype=torch.float32)
         for k in self._draw_chunks():
-            logits = self.model(x.repeat(k, 1, 1, 1))
+            with weight_noise_copies(self.model, k):
+                logits = self.model(x.repeat(k, 1, 1, 1))
             rep_y = _repeat(y, k)
             assert rep_y is not None
             values = loss(logits, rep_y, _repeat(target, k))
@@ -88,7 +92,8 @@ class EOT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs: torch.Tensor | None = None
         for k in self._draw_chunks():
-            p = self.model(x.repeat(k, 1, 1, 1)).float().softmax(-1)
+            with weight_noise_copies(self.model, k):
+                p = self.model(x.repeat(k, 1, 1, 1)).float().softmax(-1)
             p = p.view(k, x.shape[0], -1).sum(0)
             probs = p if probs is None else probs + p
         assert probs is not None

@@ -35,12 +35,16 @@ What an attacker sees (house rule 2):
   which adds the input noise and draws the weight noise).
 
 The ``m`` draws run as batched forwards of ``chunk`` noisy copies of the batch (not a Python loop
-over draws) when every noise source inside the base model draws **independently per example**,
-which a noise module declares with the class attribute ``per_example_noise = True``. A module that
-draws once per forward call (one weight perturbation shared by the whole batch, the usual PNI
-implementation) would make the copies of one forward share its noise; for such models (and for
-random modules that declare nothing) each forward holds a single copy, so the draws stay
-independent. :attr:`Smoothed.batched` says which applies.
+over draws) when every noise source inside the base model gives the copies of one forward
+independent draws. A noise module declares it with a class attribute: ``per_example_noise = True``
+(it draws independently per example), or ``per_copy_noise = True`` (it draws once per forward,
+shared by the batch, but once per stacked copy inside
+:func:`~advguard.models.noise.weight_noise_copies`, which :class:`NoisyBase` enters for the
+``copies`` it is given). advguard's PNI/CNI weight noise (``models/noise.py``) is of the second
+kind: a forward of ``k`` copies draws ``k`` weight perturbations, one grouped convolution / batched
+matmul per layer, in the order ``k`` separate forwards would draw them. Random modules that declare
+neither (a weight perturbation shared by the whole batch and no way to split it) get a single copy
+per forward, so the draws stay independent. :attr:`Smoothed.batched` says which applies.
 
 Noise: ``σ`` is in pixel units of [0, 1] (our models normalize inside; the reference code adds
 noise after normalization, so its ``noise_sd`` is in normalized units); ``x + σ·η`` is not clipped
@@ -67,6 +71,7 @@ from torch import nn
 
 from advguard.defenses.base import Defense, Randomness, Traits, Transform
 from advguard.defenses.registry import DEFENSES
+from advguard.models.noise import weight_noise_copies
 
 __all__ = ["ABSTAIN", "AVERAGES", "VOTES", "NoisyBase", "Smoothed", "SmoothedPrediction",
            "clopper_pearson", "draws_per_example", "vote_contributions", "vote_scores"]
@@ -130,9 +135,14 @@ def _noise_sources(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def draws_per_example(model: nn.Module) -> bool:
-    """True when every noise source inside ``model`` declares ``per_example_noise = True`` (so a
-    batch of copies of the same inputs gets independent draws); True for a model without any."""
-    return all(bool(getattr(m, "per_example_noise", False)) for m in _noise_sources(model))
+    """True when every noise source inside ``model`` declares ``per_example_noise = True`` or
+    ``per_copy_noise = True``, so that a batch of stacked copies of the same inputs gets
+    independent draws per copy — for ``per_copy_noise`` sources (PNI/CNI weight noise) provided
+    the forward runs inside :func:`~advguard.models.noise.weight_noise_copies` (as
+    :class:`NoisyBase` with ``copies``, :class:`~advguard.attacks.EOT` and SmoothAdv do). True for
+    a model without any noise source."""
+    return all(bool(getattr(m, "per_example_noise", False) or getattr(m, "per_copy_noise", False))
+               for m in _noise_sources(model))
 
 
 def _is_randomized(model: nn.Module) -> bool:
@@ -151,7 +161,11 @@ class NoisyBase(Randomness):
     noise is drawn by the model. The base classifier of :class:`Smoothed`.
 
     The noise of a batch is drawn copy by copy when the batch is ``copies`` stacked copies (see
-    :meth:`Smoothed.draws`), so a batched draw equals the same draws made one copy at a time.
+    :meth:`Smoothed.draws`), and the model runs inside
+    :func:`~advguard.models.noise.weight_noise_copies` (its weight-noise layers draw one
+    perturbation per copy, in order), so a batched draw equals the same draws made one copy at a
+    time. Shapes: ``(copies·n, C, H, W)`` → ``(copies·n, K)``; ``copies·n`` must be a multiple
+    of ``copies``.
     """
 
     per_example_noise = True
@@ -175,7 +189,12 @@ class NoisyBase(Randomness):
         return x + self.sigma * noise
 
     def forward(self, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
-        return self.model(self.noisy(x, copies))
+        if copies == 1:
+            return self.model(self.noisy(x))
+        if x.shape[0] % copies:
+            raise ValueError(f"a batch of {x.shape[0]} rows cannot hold {copies} stacked copies")
+        with weight_noise_copies(self.model, copies):
+            return self.model(self.noisy(x, copies))
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"

@@ -19,7 +19,15 @@ model.
   of variance per weight. The CNI reference code scales only the diagonal part by the weight's
   std; scaling both, as PNI does, keeps ``F`` and ``d`` independent of the layer's weight scale.
 
-One noise draw per forward pass is shared by the whole batch (as in both reference codes). The
+One noise draw per forward pass is shared by the whole batch (as in both reference codes). A
+batch of ``k`` stacked copies of a batch — input ``(k·n, ...)``, copy ``i`` in rows
+``i·n … (i+1)·n − 1`` — can instead run in **one** forward with ``k`` independent weight draws, copy
+``i`` using draw ``i``: inside :func:`weight_noise_copies` every noisy layer draws its ``k``
+perturbations one after the other from its own generator (the order of ``k`` sequential forward
+calls, so the outputs and the generators' final states equal those of ``k`` separate forwards) and
+runs them as one grouped convolution (:class:`NoisyConv2d`) or one batched matmul
+(:class:`NoisyLinear`). Smoothed inference and EOT use it to batch their draws; outside the
+context (training, plain evaluation) a forward is exactly the single-draw one. The
 noise stays **on in eval mode** (PNI evaluates its models with noise; a randomized model that
 attacks and evaluations must treat as such) unless the spec says ``eval_noise=False``.
 
@@ -40,6 +48,8 @@ Example::
     model = create_model("resnet20", noise={"kind": "pni", "granularity": "channel"})
     noisy = inject_noise(create_model("smallcnn", in_channels=1), {"kind": "cni", "rank": 5})
     noisy(x)                          # a different weight draw on every call, train or eval
+    with weight_noise_copies(noisy, 8):
+        out = noisy(x.repeat(8, 1, 1, 1))     # 8 weight draws, one per copy, in one forward
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -70,6 +81,7 @@ __all__ = [
     "has_noise",
     "inject_noise",
     "noise_modules",
+    "weight_noise_copies",
 ]
 
 NOISE_KINDS = ("pni", "cni")
@@ -134,12 +146,15 @@ class NoiseSpec:
 # --------------------------------------------------------------------------- noise modules
 class WeightNoise(Randomness):
     """Base class: ``forward(weight)`` returns ``weight`` plus one fresh noise draw from this
-    module's generator (on the weight's device). Its own parameters are the learned noise scales,
-    excluded from weight decay."""
+    module's generator (on the weight's device); :meth:`draws` returns ``k`` of them, stacked. Its
+    own parameters are the learned noise scales, excluded from weight decay."""
 
     exclude_from_weight_decay: ClassVar[bool] = True
-    #: one noise draw per forward pass, shared by every example of the batch
+    #: one noise draw per forward pass, shared by every example of the batch ...
     per_example_noise: ClassVar[bool] = False
+    #: ... but one draw per stacked copy of the batch inside :func:`weight_noise_copies` (the
+    #: noisy layers run ``k`` copies with ``k`` draws; see ``draws_per_example`` in smoothing)
+    per_copy_noise: ClassVar[bool] = True
 
     def __init__(self, *, seed: int, eval_noise: bool = True) -> None:
         super().__init__(seed=seed)
@@ -153,10 +168,25 @@ class WeightNoise(Randomness):
         """Mean absolute learned scale (PNI: α; CNI: d), detached, as a 0-dim tensor."""
         raise NotImplementedError
 
+    @property
+    def active(self) -> bool:
+        """Whether a forward pass draws noise (always in training; in eval if ``eval_noise``)."""
+        return self.training or self.eval_noise
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not (self.training or self.eval_noise):
+        if not self.active:
             return weight
         return weight + self.sample(weight)
+
+    def draws(self, weight: torch.Tensor, copies: int) -> torch.Tensor:
+        """``copies`` noisy weights, shape ``(copies, *weight.shape)``: draw ``i`` is what the
+        ``i``-th of ``copies`` sequential :meth:`forward` calls would return (the samples are
+        drawn one after the other from this module's generator, which ends in the same state).
+        Without noise (eval mode with ``eval_noise=False``): ``weight`` repeated, nothing drawn.
+        """
+        if not self.active:
+            return weight.expand(copies, *weight.shape)
+        return weight + torch.stack([self.sample(weight) for _ in range(copies)])
 
 
 def _weight_std(weight: torch.Tensor) -> torch.Tensor:
@@ -237,23 +267,109 @@ def make_weight_noise(spec: NoiseSpec, weight_shape: tuple[int, ...], *, seed: i
 
 
 # --------------------------------------------------------------------------- noisy layers
-class NoisyConv2d(nn.Conv2d):
+class _CopiesMixin:
+    """How many stacked copies of a batch the next forward holds (1: an ordinary batch); set only
+    by :func:`weight_noise_copies`."""
+
+    copies: int = 1
+
+    def _split(self, x: torch.Tensor) -> int:
+        k = self.copies
+        if x.shape[0] % k:
+            raise ValueError(
+                f"{type(self).__name__}: a batch of {x.shape[0]} rows cannot hold "
+                f"{k} stacked copies (weight_noise_copies(model, {k})); the batch size must be "
+                f"a multiple of the number of copies")
+        return k
+
+
+class NoisyConv2d(_CopiesMixin, nn.Conv2d):
     """``nn.Conv2d`` whose forward uses ``self.noise(self.weight)`` (a :class:`WeightNoise`).
-    A subclass, so FLOP counting and ``isinstance(m, nn.Conv2d)`` keep working."""
+    A subclass, so FLOP counting and ``isinstance(m, nn.Conv2d)`` keep working.
+
+    Inside :func:`weight_noise_copies` with ``k`` copies, the input ``(k·n, C, H, W)`` runs as one
+    grouped convolution: ``(n, k·C, H, W)`` against the ``k`` noisy weights stacked to
+    ``(k·C_out, C/groups, kh, kw)`` with ``k·groups`` groups (bias repeated ``k`` times)."""
 
     noise: WeightNoise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.noise(self.weight), self.bias)
+        if self.copies == 1:
+            return self._conv_forward(x, self.noise(self.weight), self.bias)
+        k = self._split(x)
+        if not self.noise.active:
+            return self._conv_forward(x, self.weight, self.bias)
+        weights = self.noise.draws(self.weight, k)            # (k, C_out, C/groups, kh, kw)
+        n, c = x.shape[0] // k, x.shape[1]
+        grouped = x.reshape(k, n, c, *x.shape[2:]).transpose(0, 1).reshape(n, k * c,
+                                                                            *x.shape[2:])
+        padding: str | tuple[int, ...] | int = self.padding
+        if self.padding_mode != "zeros":
+            grouped = F.pad(grouped, self._reversed_padding_repeated_twice,
+                            mode=self.padding_mode)
+            padding = 0
+        bias = None if self.bias is None else self.bias.repeat(k)
+        out = F.conv2d(grouped, weights.reshape(k * self.out_channels, *weights.shape[2:]), bias,
+                       self.stride, padding, self.dilation, k * self.groups)
+        return out.reshape(n, k, self.out_channels, *out.shape[2:]).transpose(0, 1).reshape(
+            k * n, self.out_channels, *out.shape[2:])
 
 
-class NoisyLinear(nn.Linear):
-    """``nn.Linear`` whose forward uses ``self.noise(self.weight)`` (a :class:`WeightNoise`)."""
+class NoisyLinear(_CopiesMixin, nn.Linear):
+    """``nn.Linear`` whose forward uses ``self.noise(self.weight)`` (a :class:`WeightNoise`).
+
+    Inside :func:`weight_noise_copies` with ``k`` copies, the input ``(k·n, ..., in)`` runs as one
+    batched matmul ``(k, n·…, in) @ (k, in, out)`` with the ``k`` noisy weights."""
 
     noise: WeightNoise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.noise(self.weight), self.bias)
+        if self.copies == 1:
+            return F.linear(x, self.noise(self.weight), self.bias)
+        k = self._split(x)
+        if not self.noise.active:
+            return F.linear(x, self.weight, self.bias)
+        weights = self.noise.draws(self.weight, k).transpose(1, 2)  # (k, in, out)
+        rows = x.reshape(k, -1, self.in_features)
+        if self.bias is None:
+            out = torch.bmm(rows, weights)
+        else:
+            out = torch.baddbmm(self.bias.view(1, 1, -1), rows, weights)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+@contextmanager
+def weight_noise_copies(model: nn.Module, copies: int) -> Iterator[nn.Module]:
+    """Within the context, every forward of ``model`` takes a batch of ``copies`` stacked copies
+    of a batch (input ``(copies·n, ...)``, copy ``i`` in rows ``i·n … (i+1)·n − 1``, as made by
+    ``x.repeat(copies, 1, 1, 1)``) and every noisy layer of ``model`` gives copy ``i`` its own
+    weight draw ``i``, the draws made in the order of ``copies`` sequential forwards: the output
+    equals ``torch.cat([model(x_i) for x_i in x.chunk(copies)])`` up to float rounding, and every
+    noise generator ends in the same state. Layers without noise in this mode (eval with
+    ``eval_noise=False``) run the plain weights on the whole batch and draw nothing. A batch size
+    that is not a multiple of ``copies`` raises ``ValueError``. Nested contexts multiply (a
+    wrapper stacking ``j`` copies of an already stacked batch makes ``j·copies`` copies); the
+    previous setting is restored on exit. Gradients flow as in ordinary forwards.
+
+    Example::
+
+        with weight_noise_copies(model, 16):
+            logits = model(x.repeat(16, 1, 1, 1)).view(16, len(x), -1)   # 16 weight draws
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be an int >= 1, got {copies!r}")
+    layers = [m for m in model.modules() if isinstance(m, _CopiesMixin)]
+    saved = [m.__dict__.get("copies") for m in layers]
+    try:
+        for m in layers:
+            m.copies = m.copies * copies
+        yield model
+    finally:
+        for m, old in zip(layers, saved):
+            if old is None:
+                del m.copies
+            else:
+                m.copies = old
 
 
 def _noisy_copy(layer: nn.Module, noise: WeightNoise) -> nn.Module:
