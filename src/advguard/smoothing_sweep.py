@@ -81,7 +81,7 @@ class SweepConfig:
     n_test: int = 250
     tolerance: float = 0.01
     seed: int = 0
-    chunk: int = 16
+    chunk: int | None = None
     batch_size: int = 250
     records: str = "results/smooth/sweep.jsonl"
     device: str = "auto"

@@ -81,6 +81,10 @@ Average = Literal["probs", "logits"]
 VOTES: tuple[str, ...] = ("prediction", "weighted", "soft")
 AVERAGES: tuple[str, ...] = ("probs", "logits")
 ABSTAIN = -1
+#: default copies per forward (``Smoothed(chunk=None)``): on a 2-core CPU one stacked forward of
+#: 16 copies took 1.4–1.9× the time of 16 separate forwards (benchmarks/bench_smoothing.py)
+CPU_CHUNK = 1
+ACCELERATOR_CHUNK = 16
 PAPER = "Nemcovsky et al. 2019, Smoothed Inference for Improving Adversarial Robustness"
 
 
@@ -250,8 +254,10 @@ class Smoothed(Defense):
     ``sigma`` input-noise std in pixel units (0.0: smooth over the model's own noise only);
     ``vote`` ("prediction" | "weighted" | "soft"); ``average`` for the soft vote ("probs" —
     default, Eq. 13 — | "logits", the reference code); ``decay`` of the weighted vote (0.5:
-    ``2^-rank``); ``chunk`` noisy copies of the batch per forward (16; memory bound);
-    ``seed``. Choose ``sigma`` and ``m`` on a validation split
+    ``2^-rank``); ``chunk`` noisy copies of the batch per forward (None: :data:`CPU_CHUNK` on
+    CPU, :data:`ACCELERATOR_CHUNK` on other devices — measured, stacking copies is *slower* on a
+    2-core CPU: ``benchmarks/results/smoothing_throughput.md``; an int bounds memory); ``seed``.
+    Choose ``sigma`` and ``m`` on a validation split
     (:func:`advguard.smoothing_sweep.select_setting`), never on test data.
 
     Shapes: (N, C, H, W) in [0, 1] → (N, K) vote scores (see ``traits.output``).
@@ -264,7 +270,7 @@ class Smoothed(Defense):
 
     def __init__(self, model: nn.Module, *, m: int = 32, sigma: float = 0.0,
                  vote: Vote = "prediction", average: Average = "probs", decay: float = 0.5,
-                 chunk: int = 16, seed: int = 0) -> None:
+                 chunk: int | None = None, seed: int = 0) -> None:
         super().__init__(seed=seed)
         if not isinstance(m, int) or m < 1:
             raise ValueError(f"m must be an int >= 1, got {m!r}")
@@ -278,7 +284,7 @@ class Smoothed(Defense):
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.base = NoisyBase(model, sigma=sigma)
         self.m, self.vote, self.average, self.decay = m, vote, average, float(decay)
-        self.chunk = max(1, int(chunk))
+        self.chunk = None if chunk is None else max(1, int(chunk))
         self.batched = draws_per_example(model)
         soft = vote == "soft"
         self.traits = Traits(randomized=self.base.traits.randomized, differentiable=soft,
@@ -300,8 +306,17 @@ class Smoothed(Defense):
         call (randomized; the model itself, as trained, when ``sigma = 0``)."""
         return self.base
 
-    def _chunks(self, m: int) -> list[int]:
-        size = self.chunk if self.batched else 1
+    def chunk_size(self, device: torch.device) -> int:
+        """Copies per forward on ``device``: ``chunk``, or the device default when None; 1 when
+        the model's noise cannot be drawn per copy."""
+        if not self.batched:
+            return 1
+        if self.chunk is not None:
+            return self.chunk
+        return CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
+
+    def _chunks(self, m: int, device: torch.device) -> list[int]:
+        size = self.chunk_size(device)
         sizes, left = [], m
         while left > 0:
             sizes.append(min(size, left))
@@ -312,7 +327,7 @@ class Smoothed(Defense):
         """Per-draw base outputs in chunks of shape (k, N, K), ``m`` draws in all (default
         ``self.m``); each chunk is one batched forward of ``k`` noisy copies of ``x``."""
         n = x.shape[0]
-        for k in self._chunks(self.m if m is None else m):
+        for k in self._chunks(self.m if m is None else m, x.device):
             out = self.base(x.repeat(k, *([1] * (x.dim() - 1))), copies=k)
             yield out.view(k, n, -1)
 
