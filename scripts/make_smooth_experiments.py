@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                  "eps": 0.1, "runs": 5, "seed": 0, "batch_size": args.n, "checks": True,
                  "check_examples": 16},
         "axes": {"config": cells},
+        "summary": True,
         "tables": [
             {"title": "Clean accuracy (%)", "rows": ["config"], "metric": "clean"},
             {"title": "The paper's protocol: PGD-7 crafted on the base model (%)",
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                       "vote_samples": 1, "vote": 1, "label": "HopSkipJump on the vote (5 steps)"},
                  ]},
         "axes": {"config": blackbox_cells},
+        "summary": True,
         "tables": [
             {"title": "Clean accuracy (%)", "rows": ["config"], "metric": "clean"},
             {"title": "After NAttack (%)", "rows": ["config"], "metric": "after:0"},

@@ -156,9 +156,14 @@ def test_rerun_of_a_finished_evaluation_recomputes_nothing(
         raise AssertionError("a finished chunk was recomputed")
 
     monkeypatch.setattr(harness, "_run_chunk", boom)
+    real_env = harness.environment_info
+    monkeypatch.setattr(harness, "environment_info",
+                        lambda device: {**real_env(device), "git_commit": "a-later-commit"})
     second = evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
                       progress=False)
     assert second.to_dict() == first.to_dict()
+    # the record keeps the environment that computed it, not the one that re-read it
+    assert second.environment["git_commit"] == first.environment["git_commit"] != "a-later-commit"
 
 
 def test_reports_are_generated_from_records(tmp_path: Path, fmnist_model: nn.Module,

@@ -46,6 +46,7 @@ def _spec(tmp_path: Path, model_path: Path) -> ExperimentSpec:
                     "paper": {"none/0.1": 12.5}},
                    {"title": "clean", "rows": ["defense", "eps"], "metric": "clean"}],
         "plots": [{"title": "eps curve", "x": "eps", "series": "defense", "file": "eps.png"}],
+        "summary": True,
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -77,6 +78,9 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
            f"{100 * none_01.robust_acc:.1f} (12.5) |" in report
     assert f"| none/0.05 | {100 * by_name['tiny:none/0.05'].clean_acc:.1f} |" in report
     assert (tmp_path / "plots" / "eps.png").stat().st_size > 1000
+    bits = by_name["tiny:bits2/0.1"]  # the per-cell summary names the strongest step
+    assert (f"| bits2 / 0.1 | 30 × 1 | {100 * bits.clean_acc:.1f} | "
+            f"{100 * bits.robust_acc:.1f} | {bits.strongest or '—'} |") in report
     with RecordStore(spec.store) as store:
         assert summarize(store, none_01.eval_id).robust_acc == none_01.robust_acc
 

@@ -109,12 +109,14 @@ class ExperimentSpec:
     train: tuple[TrainSpec, ...] = ()
     tables: tuple[TableSpec, ...] = ()
     plots: tuple[PlotSpec, ...] = ()
+    #: append a per-cell table: clean, worst case and the attack step that fooled the most
+    summary: bool = False
     path: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str | None = None) -> ExperimentSpec:
         known = {"experiment", "description", "paper", "command", "store", "base", "axes",
-                 "exclude", "train", "tables", "plots"}
+                 "exclude", "train", "tables", "plots", "summary"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown experiment key(s): {', '.join(unknown)}")
@@ -148,7 +150,8 @@ class ExperimentSpec:
                    base=dict(data.get("base", {})),
                    axes={a: dict(v) for a, v in axes.items()},
                    exclude=tuple(dict(e) for e in data.get("exclude", [])), train=train,
-                   tables=tables, plots=plots, path=path)
+                   tables=tables, plots=plots, summary=bool(data.get("summary", False)),
+                   path=path)
 
 
 def _check_metric(metric: str) -> None:
@@ -358,6 +361,21 @@ def render_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
     return path
 
 
+def render_summary(results: list[tuple[Cell, EvalSummary | None]]) -> str:
+    """A markdown table, one row per cell: examples × runs, clean accuracy, the per-example worst
+    case over the cascade and runs, and the step that fooled the most examples (``strongest``)."""
+    lines = ["| cell | n × runs | clean % | worst case % | strongest attack |",
+             "|---|---|---|---|---|"]
+    for cell, summary in results:
+        name = " / ".join(cell.labels.values())
+        if summary is None:
+            lines.append(f"| {name} | — | — | — | — |")
+            continue
+        lines.append(f"| {name} | {summary.n} × {summary.runs} | {100 * summary.clean_acc:.1f} | "
+                     f"{100 * summary.robust_acc:.1f} | {summary.strongest or '—'} |")
+    return "\n".join(lines)
+
+
 def experiment_report(spec: ExperimentSpec, *, plots_dir: str | Path | None = None) -> str:
     """Markdown with the experiment's tables (and plots written to ``plots_dir``), generated from
     its record store; cells not evaluated yet show a dash."""
@@ -377,6 +395,9 @@ def experiment_report(spec: ExperimentSpec, *, plots_dir: str | Path | None = No
         parts += [f"## {table.title}", "", render_table(table, results), ""]
         if table.note:
             parts += [table.note, ""]
+    if spec.summary:
+        parts += ["## Per cell: worst case and the attack that achieved it", "",
+                  render_summary(results), ""]
     if plots_dir is not None:
         for plot in spec.plots:
             path = render_plot(plot, results, Path(plots_dir) / plot.file)

@@ -134,13 +134,16 @@ class RecordStore:
     def begin_evaluation(self, eval_id: str, *, name: str, config: dict[str, Any],
                          traits: dict[str, Any], environment: dict[str, Any], n: int, runs: int,
                          steps: Sequence[StepRecord]) -> bool:
-        """Create the evaluation unless it exists; returns True if it already existed (resume)."""
+        """Create the evaluation unless it exists; returns True if it already existed (resume).
+        A resumed, unfinished evaluation records the environment that finishes it; a finished one
+        keeps the environment that computed it (re-running it computes nothing)."""
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+            row = db.execute("SELECT status FROM evaluations WHERE id=?", (eval_id,)).fetchone()
             if row is not None:
-                db.execute("UPDATE evaluations SET environment=?, updated=?, name=? WHERE id=?",
-                           (json.dumps(environment), now, name, eval_id))
+                if row[0] != "complete":
+                    db.execute("UPDATE evaluations SET environment=?, updated=?, name=? "
+                               "WHERE id=?", (json.dumps(environment), now, name, eval_id))
                 return True
             db.execute(
                 "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
