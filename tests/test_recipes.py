@@ -114,7 +114,7 @@ def test_crafting_uses_the_declared_bn_mode_and_restores_every_module(attack_bn:
     model.fc.eval()  # a mixed state must come back exactly as it was
     x, y = batch()
     before = model.bn.running_mean.clone()
-    adv = craft(PGDAT(eps=EPS, steps=3, alpha=0.03).attack, model, x, y, attack_bn=attack_bn,
+    adv = craft(PGDAT(eps=EPS, steps=3, alpha=0.03).inner_attack, model, x, y, attack_bn=attack_bn,
                 generator=gen())
     assert set(model.modes) == {attack_bn == "train"}
     assert len(model.modes) == 3  # one forward per PGD step
@@ -156,6 +156,35 @@ def test_pgd_at_loss_matches_hand_computation(adv_weight: float) -> None:
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.metrics["adv_loss"] > F.cross_entropy(reference(x), y)  # the attack did ascend
     assert ("clean_loss" in out.metrics) == (adv_weight < 1)
+
+
+def test_pgd_at_crafts_with_epgd_or_smoothadv_when_asked() -> None:
+    """SMOOTH's fine-tuning: adversarial training whose examples come from EPGD (loss averaged
+    over k draws) or SmoothAdv (loss of the soft-smoothed classifier); with k = 1 EPGD is PGD, so
+    the step's loss is exactly the plain recipe's; bad settings fail at construction."""
+    from advguard.attacks import EPGD, SmoothAdv
+
+    x, y = batch()
+    plain = PGDAT(eps=EPS, alpha=0.02, steps=3)
+    one = PGDAT(eps=EPS, alpha=0.02, steps=3, attack="epgd", attack_kwargs={"k": 1})
+    assert isinstance(one.inner_attack, EPGD) and one.inner_attack.k == 1
+    model = TinyBN().train()
+    ref = plain.loss(copy.deepcopy(model), x, y, generator=gen(5)).loss
+    assert one.loss(copy.deepcopy(model), x, y, generator=gen(5)).loss.item() == \
+        pytest.approx(ref.item(), rel=1e-6)
+    smooth = PGDAT(eps=EPS, alpha=0.02, steps=3, attack="smoothadv",
+                   attack_kwargs={"m": 4, "sigma": 0.1})
+    attack = smooth.inner_attack
+    assert isinstance(attack, SmoothAdv) and (attack.m, attack.sigma, attack.eps) == (4, 0.1, EPS)
+    out = smooth.loss(copy.deepcopy(model), x, y, generator=gen(5))
+    assert torch.isfinite(out.loss) and out.loss.item() != pytest.approx(ref.item(), rel=1e-6)
+    assert smooth.to_dict()["attack"] == "smoothadv"
+    with pytest.raises(ConfigError, match="attack must be one of"):
+        PGDAT(attack="fgsm")
+    with pytest.raises(ConfigError, match="as recipe fields"):
+        PGDAT(attack="epgd", attack_kwargs={"eps": 0.3})
+    with pytest.raises(ConfigError, match="bad arguments for attack 'epgd'"):
+        PGDAT(attack="epgd", attack_kwargs={"kk": 3})
 
 
 # --------------------------------------------------------------------------- fast_at
