@@ -233,3 +233,19 @@ def test_eval_and_report_commands(tmp_path: Path, fmnist_model: nn.Module,
     assert main(["eval", "--model", str(ckpt), "--attack", "adaptive", "--store",
                  str(store)]) == 2
     assert "SETTING:ATTACK" in capsys.readouterr().err
+
+
+def test_fingerprint_covers_zero_dim_parameters() -> None:
+    """PNI's layer-wise noise scale is a 0-dim parameter: the fingerprint must read it (and
+    change with it), not fail."""
+    from advguard.evaluation.harness import model_fingerprint
+    from advguard.models import create_model
+
+    model = create_model("lenet5", num_classes=10, in_channels=1, seed=0,
+                         noise={"kind": "pni", "granularity": "layer"})
+    scales = [p for n, p in model.named_parameters() if p.dim() == 0]
+    assert scales, "a layer-wise PNI model has 0-dim scales"
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        scales[0].add_(0.5)
+    assert model_fingerprint(model) != before

@@ -59,7 +59,8 @@ def model_fingerprint(model: nn.Module) -> str:
     for key, value in sorted(model.state_dict().items()):
         t = value.detach().to("cpu").contiguous()
         digest.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-dim tensor (e.g. PNI's layer-wise noise scale) cannot be viewed as bytes
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
 
 
