@@ -368,8 +368,9 @@ def render_summary(results: list[tuple[Cell, EvalSummary | None]]) -> str:
              "|---|---|---|---|---|"]
     for cell, summary in results:
         name = " / ".join(cell.labels.values())
-        if summary is None:
-            lines.append(f"| {name} | — | — | — | — |")
+        if summary is None or not summary.complete:
+            state = "not run" if summary is None else "unfinished"
+            lines.append(f"| {name} | — | — | — | {state} |")
             continue
         lines.append(f"| {name} | {summary.n} × {summary.runs} | {100 * summary.clean_acc:.1f} | "
                      f"{100 * summary.robust_acc:.1f} | {summary.strongest or '—'} |")
