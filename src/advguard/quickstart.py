@@ -1,5 +1,5 @@
 """``advguard quickstart``: a short, complete tour on the Fashion-MNIST sample shipped inside the
-package — no download, CPU only, about two minutes on two cores.
+package — no download, CPU only, about a minute on two cores.
 
 1. train the small CNN of ``configs/train/quickstart.yaml`` on the sample's training split;
 2. attack it with PGD (no defense);
