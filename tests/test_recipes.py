@@ -401,6 +401,37 @@ def test_cli_train_works_for_each_recipe(recipe: str, tmp_path: Path,
     assert (tmp_path / recipe / "model.safetensors").exists()
 
 
+def test_fine_tuning_starts_from_the_checkpoint(tmp_path: Path) -> None:
+    """``init_from``: a CNI-W model fine-tuned into CNI-I+W with EPGD examples starts from the
+    checkpoint's weights (with a negligible learning rate it stays there; a fresh start does
+    not); an architecture the checkpoint does not fit is refused with the keys that differ."""
+    from advguard.checkpoint import load_state_dict_file
+
+    base = TrainConfig(dataset="fashion-mnist-sample", model="lenet5", recipe="noise_injection",
+                       recipe_kwargs={"noise": {"kind": "cni", "rank": 2},
+                                      "base_kwargs": {"eps": EPS, "steps": 1}},
+                       epochs=1, train_size=64, test_size=0, batch_size=32, device="cpu",
+                       seed=0)
+    first = train(base, output_dir=tmp_path / "cni_w", progress=False).checkpoint
+    assert first is not None
+    tuned_kwargs = {**base.recipe_kwargs, "input_sigma": 0.05,
+                    "base_kwargs": {"eps": EPS, "steps": 1, "attack": "epgd",
+                                    "attack_kwargs": {"k": 2}}}
+    tiny = base.replace(recipe_kwargs=tuned_kwargs, lr=1e-9, seed=1)
+    tuned = train(tiny.replace(init_from=str(first)), output_dir=tmp_path / "tuned",
+                  progress=False)
+    start = load_state_dict_file(first)
+    after = tuned.model.state_dict()
+    assert all(torch.allclose(after[k].float(), v.float(), atol=1e-6) for k, v in start.items())
+    fresh = train(tiny, progress=False).model.state_dict()
+    assert not all(torch.allclose(fresh[k].float(), v.float(), atol=1e-6)
+                   for k, v in start.items())
+    assert tuned.record.config["init_from"] == str(first)
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        train(base.replace(recipe="standard", recipe_kwargs={}, init_from=str(first)),
+              progress=False)
+
+
 TRAIN_CONFIGS = list_configs("train")
 
 

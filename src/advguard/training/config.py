@@ -28,7 +28,10 @@ class TrainConfig:
     ``test_size`` evaluates the first n test points each ``eval_every`` epochs (None: all; 0: none).
     ``precision='auto'`` means bf16 autocast on CUDA and fp32 on CPU; ``channels_last=None`` means
     on for CUDA. ``checkpoint_every_steps`` adds mid-epoch checkpoints (one is always written at the
-    end of each epoch and on Ctrl-C).
+    end of each epoch and on Ctrl-C). ``init_from`` (a checkpoint path) starts from that model's
+    weights instead of a fresh initialization — fine-tuning, e.g. a CNI-W model into CNI-I+W or
+    with EPGD examples; the config must build the same architecture (the recipe's noise layers
+    included), and the weights are loaded strictly.
 
     Example::
 
@@ -62,6 +65,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ConfigError:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advguard.checkpoint import load_state, save_checkpoint, save_state
+from advguard.checkpoint import load_state, load_state_dict_file, save_checkpoint, save_state
 from advguard.data import (
     Augmentation,
     Compose,
@@ -187,6 +187,23 @@ def _make_optimizer(config: TrainConfig, recipe: Recipe, model: nn.Module
 
 
 # --------------------------------------------------------------------------- the loop
+def _load_initial_weights(model: nn.Module, path: str) -> None:
+    """Fine-tuning: load a checkpoint's weights strictly into the freshly built ``model``; a
+    different architecture is a :class:`ConfigError` naming what does not match."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("other shape", wrong)) if keys]
+        raise ConfigError(f"init_from {path}: the checkpoint does not fit the model this config "
+                          f"builds ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
 def train(config: TrainConfig, *, output_dir: str | Path | None = None, resume: bool = True,
           progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Train a model as ``config`` says and return it with its record.
@@ -219,6 +236,8 @@ def train(config: TrainConfig, *, output_dir: str | Path | None = None, resume: 
     with torch.random.fork_rng(devices=[]):  # recipe-added parts are seeded by config.seed too
         torch.manual_seed(config.seed + 1)
         model = recipe.prepare_model(model)
+    if config.init_from is not None:
+        _load_initial_weights(model, config.init_from)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -20,7 +20,9 @@ class InputNoise(nn.Module):
     """``model(x + η)`` for a fixed noise tensor ``η`` (one draw per training step), so that the
     base recipe's attack and loss both see the noisy model: an attack crafted through this module
     perturbs ``x`` and the model classifies ``x_adv + η``. No clipping to [0, 1] after adding
-    the noise (as in Gaussian data augmentation for randomized smoothing, Cohen et al. 2019)."""
+    the noise (as in Gaussian data augmentation for randomized smoothing, Cohen et al. 2019).
+    A batch of ``k`` stacked copies (EOT / EPGD averaging over the model's weight noise) gets the
+    same ``η`` on every copy: the step's input-noise draw is fixed, the weight noise varies."""
 
     def __init__(self, model: nn.Module, eta: torch.Tensor) -> None:
         super().__init__()
@@ -28,7 +30,14 @@ class InputNoise(nn.Module):
         self.eta = eta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x + self.eta.to(x.dtype))
+        eta = self.eta.to(x.dtype)
+        n = eta.shape[0]
+        if x.shape[0] != n:
+            if x.shape[0] % n:
+                raise ValueError(f"InputNoise: a batch of {x.shape[0]} rows is not a stack of "
+                                 f"copies of the {n}-row batch its noise was drawn for")
+            eta = eta.repeat(x.shape[0] // n, *([1] * (eta.dim() - 1)))
+        return self.model(x + eta)
 
 
 def _pni_defaults() -> dict[str, Any]:
