@@ -22,32 +22,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from _common import timed, write_report
 from advguard.defenses import CAP
 from advguard.models import count_flops, create_model
 from advguard.utils import environment_info, resolve_device
 
 SHAPES = {"smallcnn": (1, 28, 28), "lenet5": (1, 28, 28)}
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def _looped_cap(model: torch.nn.Module, x: torch.Tensor, n_labels: int) -> torch.Tensor:
@@ -94,7 +80,7 @@ def bench(name: str, device: torch.device, batch: int, n_labels: int, repeats: i
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            times[key].append(_timed(fn, device) / batch)
+            times[key].append(timed(fn, device) / batch)
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (max(v) - min(v)) / 2 for k, v in times.items()}
     return {"model": name, "shape": shape, "macs": macs, "batch": batch, "med": med,
@@ -145,12 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{med['batched'] / med['plain']:.1f} | "
             f"{1e3 * med['looped']:.3f} (±{1e3 * spr['looped']:.3f}) | "
             f"{med['looped'] / med['plain']:.1f} | {r['flop_ratio']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from _common import timed, write_report
 from advguard.defenses import Smoothed
 from advguard.models import create_model
 from advguard.models.noise import inject_noise
@@ -41,18 +40,6 @@ from advguard.utils import environment_info, resolve_device
 
 SHAPES = {"smallcnn": (1, 28, 28), "lenet5": (1, 28, 28)}
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def bench(model: nn.Module, label: str, x: torch.Tensor, ms: list[int], sigma: float,
@@ -76,7 +63,7 @@ def bench(model: nn.Module, label: str, x: torch.Tensor, ms: list[int], sigma: f
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(repeats):
             for key, fn in fns.items():
-                times[key].append(_timed(fn, device))
+                times[key].append(timed(fn, device))
         med = {k: statistics.median(v) for k, v in times.items()}
         spread = {k: (max(v) - min(v)) / 2 for k, v in times.items()}
         batched = defense.batched and chunk > 1
@@ -152,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{med['smoothed']:.3f} (±{spr['smoothed']:.3f}) | "
             f"{r['n'] * r['m'] / med['smoothed']:.0f} | "
             f"{med['smoothed'] / med['plain']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

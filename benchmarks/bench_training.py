@@ -36,11 +36,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from _common import write_report
 from advguard.data import dataset_info
 from advguard.models import count_flops, create_model
 from advguard.training import Recipe, TrainConfig, make_recipe, train
@@ -233,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "gradient-free forward = 1). 'of bf16 peak' needs a known device peak "
         "(n/a on CPUs unless --peak-tflops is given).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,6 +329,18 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def _vote_curves(ax: Any, points: Sequence[Point], votes: Sequence[str],
+                 x: Callable[[Point], float]) -> None:
+    """One clean (dashed) and one PGD (solid) test-accuracy curve per vote against ``x``."""
+    for vote, color in zip(votes, ("C0", "C1", "C2")):
+        for kind, style in (("clean", "--"), ("paper", "-")):
+            pts = sorted((x(p), 100 * p.acc) for p in points
+                         if p.split == "test" and p.vote == vote and p.kind == kind)
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, marker="o", ms=3,
+                        label=f"{vote} ({'clean' if kind == 'clean' else 'PGD'})")
+
+
 def _plot_m(points: Sequence[Point], config: SweepConfig, choices: Sequence[Choice],
             path: Path) -> None:
     import matplotlib
@@ -342,14 +354,8 @@ def _plot_m(points: Sequence[Point], config: SweepConfig, choices: Sequence[Choi
     for ax, model in zip(axes[0], models):
         sigma = next((c.sigma for c in choices if c.model == model and c.vote == "prediction"),
                      config.sigmas[0])
-        for vote, color in zip(config.votes, ("C0", "C1", "C2")):
-            for kind, style in (("clean", "--"), ("paper", "-")):
-                pts = sorted((p.m, 100 * p.acc) for p in points if p.split == "test" and
-                             p.model == model and p.vote == vote and p.kind == kind and
-                             p.sigma == sigma)
-                if pts:
-                    ax.plot(*zip(*pts), style, color=color, marker="o", ms=3,
-                            label=f"{vote} ({'clean' if kind == 'clean' else 'PGD'})")
+        _vote_curves(ax, [p for p in points if p.model == model and p.sigma == sigma],
+                     config.votes, x=lambda p: p.m)
         ax.set_xscale("log", base=2)
         ax.set_title(f"{model}, σ = {sigma:g}")
         ax.set_xlabel("draws m")
@@ -373,14 +379,8 @@ def _plot_sigma(points: Sequence[Point], config: SweepConfig, path: Path) -> Non
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), dpi=120,
                              squeeze=False)
     for ax, model in zip(axes[0], models):
-        for vote, color in zip(config.votes, ("C0", "C1", "C2")):
-            for kind, style in (("clean", "--"), ("paper", "-")):
-                pts = sorted((p.sigma, 100 * p.acc) for p in points if p.split == "test" and
-                             p.model == model and p.vote == vote and p.kind == kind and
-                             p.m == m_max)
-                if pts:
-                    ax.plot(*zip(*pts), style, color=color, marker="o", ms=3,
-                            label=f"{vote} ({'clean' if kind == 'clean' else 'PGD'})")
+        _vote_curves(ax, [p for p in points if p.model == model and p.m == m_max],
+                     config.votes, x=lambda p: p.sigma)
         base = [(p.sigma, 100 * p.acc) for p in points if p.split == "test" and p.model == model
                 and p.vote == "prediction" and p.kind == "paper" and p.m == 1]
         if base:
