@@ -208,7 +208,7 @@ def test_works_under_no_grad_and_inside_attacks_without_leaking_gradients() -> N
 def test_built_from_specs_and_composed_with_a_baseline(
         fmnist_model: nn.Module, fmnist_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     meta = DEFENSES.metadata("cap")
-    assert meta["kind"] == "defense" and meta["traits"].dynamic
+    assert meta["kind"] == "defense" and "traits" not in meta  # traits live on instances
     spec = {"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1, "targeted": False,
             "then": {"name": "averaged", "n": 4, "defense": {"name": "guo", "size": [20, 26]}}}
     cap = build_defense(spec, fmnist_model, seed=2)

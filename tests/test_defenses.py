@@ -155,8 +155,11 @@ def test_build_defense_from_specs() -> None:
     assert isinstance(a, Averaged) and a.n == 3
     with pytest.raises(UnknownNameError, match="did you mean 'bit_depth'"):
         build_defense({"name": "bitdepth"}, model)
-    with pytest.raises(ConfigError, match="bad arguments"):
+    with pytest.raises(ConfigError, match="unknown parameter 'bitz' for defense 'bit_depth'; "
+                                          "did you mean 'bits'"):
         build_defense({"name": "bit_depth", "bitz": 3}, model)
+    with pytest.raises(ConfigError, match=r"defense 'bit_depth': .*bits"):
+        build_defense({"name": "bit_depth", "bits": 0}, model)
     with pytest.raises(ConfigError, match="needs a 'name'"):
         build_defense({"bits": 3}, model)
     assert {"bit_depth", "gaussian_noise"} <= set(DEFENSES.names())

@@ -179,7 +179,7 @@ def test_pgd_at_crafts_with_epgd_or_smoothadv_when_asked() -> None:
     out = smooth.loss(copy.deepcopy(model), x, y, generator=gen(5))
     assert torch.isfinite(out.loss) and out.loss.item() != pytest.approx(ref.item(), rel=1e-6)
     assert smooth.to_dict()["attack"] == "smoothadv"
-    with pytest.raises(ConfigError, match="attack must be one of"):
+    with pytest.raises(ConfigError, match="attack must be a PGD variant"):
         PGDAT(attack="fgsm")
     with pytest.raises(ConfigError, match="as recipe fields"):
         PGDAT(attack="epgd", attack_kwargs={"eps": 0.3})

@@ -17,10 +17,10 @@ from advguard.defenses.smoothing import (
     ABSTAIN,
     Smoothed,
     clopper_pearson,
-    draws_per_example,
     vote_scores,
 )
 from advguard.errors import ConfigError
+from advguard.rng import draw_chunks, draws_per_copy, stacked_copies
 
 # Four draws of a 3-class model on one example (logits), and what each vote makes of them.
 SCRIPT = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [1.0, 0.0, 2.0]])
@@ -142,8 +142,8 @@ def test_batched_sampling_equals_a_loop_over_draws() -> None:
 def test_models_sharing_noise_across_the_batch_get_one_copy_per_forward() -> None:
     x = _x()
     model = SharedNoisyLinear()
-    assert not draws_per_example(model)
-    assert draws_per_example(PerExampleNoisyLinear()) and draws_per_example(_linear())
+    assert not draws_per_copy(model)
+    assert draws_per_copy(PerExampleNoisyLinear()) and draws_per_copy(_linear())
     defense = Smoothed(model, m=6, sigma=0.0, vote="soft", chunk=6)
     assert not defense.batched
     with torch.no_grad():
@@ -264,7 +264,7 @@ def test_smoothing_a_pipeline_and_a_pni_model() -> None:
         draws = defense.draws(x)
     assert not torch.allclose(draws[0], draws[1])
     piped = Smoothed(Pipeline([GaussianNoise(sigma=0.1)], _linear()), m=4, vote="soft")
-    assert piped.traits.randomized and not piped.batched  # GaussianNoise declares nothing
+    assert piped.traits.randomized and piped.batched  # GaussianNoise draws per example
     assert piped(_x()).shape == (6, 5)
 
 
@@ -393,12 +393,16 @@ def test_weight_noise_models_batch_their_draws_exactly(name: str, spec: dict[str
         for p in model.parameters():
             if not p.any():
                 p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(5))
-    assert draws_per_example(model)
+    assert draws_per_copy(model)
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     fast = Smoothed(model, m=20, sigma=0.1, vote="prediction", chunk=16, seed=7)
     slow = Smoothed(model, m=20, sigma=0.1, vote="prediction", chunk=1, seed=7)
     cpu = torch.device("cpu")
-    assert fast.batched and fast._chunks(20, cpu) == [16, 4] and len(slow._chunks(20, cpu)) == 20
+    assert fast.batched and fast.chunk_size(cpu) == 16 and slow.chunk_size(cpu) == 1
+    x0 = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert [d.shape[0] for d in fast.iter_draws(x0)] == [16, 4]
+        assert [d.shape[0] for d in slow.iter_draws(x0)] == [1] * 20
     draws = {}
     for key, defense in (("fast", fast), ("slow", slow)):
         defense.reseed(7)  # the two share the model, hence its noise generators
@@ -448,8 +452,8 @@ def test_stacked_copies_need_a_divisible_batch() -> None:
 
     model = create_model("lenet5", num_classes=10, in_channels=1, noise={"kind": "pni"})
     base = Smoothed(model, m=4, sigma=0.1).base
-    with pytest.raises(ValueError, match="cannot hold 4 stacked copies"):
-        base(torch.rand(6, 1, 28, 28), copies=4)
+    with pytest.raises(ValueError, match="cannot hold 4 stacked copies"), stacked_copies(base, 4):
+        base(torch.rand(6, 1, 28, 28))
 
 
 def test_default_chunk_follows_the_device() -> None:
@@ -462,4 +466,4 @@ def test_default_chunk_follows_the_device() -> None:
     assert default.chunk_size(torch.device("cpu")) == CPU_CHUNK == 1
     assert default.chunk_size(torch.device("cuda")) == ACCELERATOR_CHUNK == 16
     assert Smoothed(model, m=40, sigma=0.1, chunk=8).chunk_size(torch.device("cpu")) == 8
-    assert default._chunks(40, torch.device("cuda")) == [16, 16, 8]
+    assert draw_chunks(40, default.chunk_size(torch.device("cuda"))) == [16, 16, 8]

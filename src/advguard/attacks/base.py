@@ -193,6 +193,12 @@ class Attack(abc.ABC):
                                                       list, dict)) else type(value).__name__
         return out
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides Attack.__call__, which is final "
+                            "(implement perturb)")
+
     @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:

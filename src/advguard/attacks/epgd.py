@@ -16,12 +16,6 @@ from advguard.attacks.wrappers import EOT
 from advguard.errors import ConfigError
 
 
-def _draws_per_example(model: nn.Module) -> bool:
-    from advguard.defenses.smoothing import draws_per_example
-
-    return draws_per_example(model)
-
-
 @ATTACKS.register("epgd", source="advguard", kind="gradient", norms=("linf", "l2"),
                   paper="Nemcovsky et al. 2019 (SMOOTH), Eq. 25")
 @dataclass(frozen=True, kw_only=True)
@@ -33,11 +27,9 @@ class EPGD(PGD):
     steps compares with PGD with ``k·s`` steps. With ``k = 1`` it is :class:`PGD` exactly.
 
     The model's noise (input noise of the smoothing's base model, PNI/CNI weight noise) is drawn
-    by the model itself. Draws run as batched forwards of ``chunk`` copies when the model's noise
-    is drawn per example or per copy (PNI/CNI layers, inside :class:`EOT`'s
-    ``weight_noise_copies``), else one copy per forward (noise layers that draw once per forward
-    would otherwise give every copy of a forward the same weights; see
-    :func:`advguard.defenses.smoothing.draws_per_example`).
+    by the model itself, through :class:`EOT` and the draws protocol
+    (:func:`advguard.rng.iter_draws`): batched forwards of ``chunk`` stacked copies, one
+    independent draw per copy (one copy per forward for noise that cannot draw per copy).
 
     Args: those of :class:`PGD` (``eps``, ``norm``, ``steps`` (10), ``alpha``, ``random_start``,
     ``restarts``, ``loss``) and ``k`` draws per step (8, the paper's choice) and ``chunk`` (8).
@@ -61,6 +53,5 @@ class EPGD(PGD):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         if self.k > 1:
-            chunk = self.chunk if _draws_per_example(model) else 1
-            model = EOT(model, self.k, chunk=chunk)
+            model = EOT(model, self.k, chunk=self.chunk)
         return super().perturb(model, x, y, target=target, generator=generator)

@@ -13,15 +13,15 @@ from torch import nn
 from advguard.attacks.base import ATTACKS, as_logits_model
 from advguard.attacks.pgd import PGD
 from advguard.errors import ConfigError
-from advguard.models.noise import weight_noise_copies
+from advguard.rng import mean_probs
 
 
 class _SoftSmoothed(nn.Module):
     """``log((1/m) Σ_i softmax(model(x + σ·η_i)))`` with the noise ``η`` (m, N, C, H, W) either
     fixed (drawn once, reused at every step) or drawn afresh from ``generator`` at every call.
-    Forwards of ``chunk`` copies (inside :func:`~advguard.models.noise.weight_noise_copies`, so
-    PNI/CNI layers draw per copy); a chunk of one copy when the model's noise cannot be drawn per
-    copy (``draws_per_example`` is False)."""
+    The draws follow the draws protocol (:func:`advguard.rng.iter_draws`: forwards of ``chunk``
+    stacked copies, PNI/CNI layers drawing per copy; one copy per forward when the model's noise
+    cannot be drawn per copy)."""
 
     def __init__(self, model: nn.Module, *, m: int, sigma: float, chunk: int,
                  noise: torch.Tensor | None, generator: torch.Generator) -> None:
@@ -37,19 +37,16 @@ class _SoftSmoothed(nn.Module):
                                       dtype=x.dtype) for _ in range(k)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs: torch.Tensor | None = None
-        done = 0
-        while done < self.m:
-            k = min(self.chunk, self.m - done)
-            xr = x.repeat(k, *([1] * (x.dim() - 1)))
+        start = [0]
+
+        def noisy(xr: torch.Tensor) -> torch.Tensor:
+            k = xr.shape[0] // x.shape[0]
             if self.sigma > 0:
-                xr = xr + self.sigma * self._noise(x, done, k)
-            with weight_noise_copies(self.model, k):
-                p = self.model(xr).float().softmax(-1).view(k, x.shape[0], -1).sum(0)
-            probs = p if probs is None else probs + p
-            done += k
-        assert probs is not None
-        return (probs / self.m).clamp_min(1e-12).log()
+                xr = xr + self.sigma * self._noise(x, start[0], k)
+            start[0] += k
+            return self.model(xr)
+
+        return mean_probs(noisy, x, self.m, chunk=self.chunk, module=self.model)
 
 
 @ATTACKS.register("smoothadv", source="advguard", kind="gradient", norms=("linf", "l2"),
@@ -92,13 +89,10 @@ class SmoothAdv(PGD):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        from advguard.defenses.smoothing import draws_per_example
-
         noise = None
         if self.fixed_noise and self.sigma > 0:
             noise = torch.stack([torch.randn(x.shape, generator=generator, device=x.device,
                                              dtype=x.dtype) for _ in range(self.m)])
-        chunk = self.chunk if draws_per_example(model) else 1
-        smoothed = _SoftSmoothed(model, m=self.m, sigma=self.sigma, chunk=chunk, noise=noise,
+        smoothed = _SoftSmoothed(model, m=self.m, sigma=self.sigma, chunk=self.chunk, noise=noise,
                                  generator=generator)
         return super()._run(smoothed, x, y, target, generator)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advguard.attacks.base import as_logits_model
-from advguard.models.noise import weight_noise_copies
+from advguard.rng import iter_draws, mean_probs
 
 LossOnLogits = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -55,11 +55,12 @@ def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
 class EOT(nn.Module):
     """Average over ``samples`` draws of a randomized model's randomness.
 
-    ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws, whose
-    input gradient is the EOT gradient. ``chunk`` bounds how many copies of the batch run in one
-    forward (memory); the forward runs inside
-    :func:`~advguard.models.noise.weight_noise_copies`, so PNI/CNI weight-noise layers draw one
-    weight perturbation per copy.
+    ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws (the
+    mean of the per-draw losses), whose input gradient is the EOT gradient. Used as a plain module
+    it returns ``log mean_i softmax(f_i(x))`` (the expected softmax: attacks on it maximize the
+    loss of the expected prediction). The draws follow the draws protocol
+    (:func:`advguard.rng.iter_draws`): ``chunk`` stacked copies per forward, one independent
+    draw of every noise source (PNI/CNI weight noise included) per copy.
     """
 
     def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10) -> None:
@@ -70,43 +71,31 @@ class EOT(nn.Module):
         self.samples = int(samples)
         self.chunk = max(1, int(chunk))
 
-    def _draw_chunks(self) -> list[int]:
-        sizes, left = [], self.samples
-        while left > 0:
-            sizes.append(min(self.chunk, left))
-            left -= sizes[-1]
-        return sizes
-
     def expected_loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                       loss: LossOnLogits) -> torch.Tensor:
         total = x.new_zeros(x.shape[0], dtype=torch.float32)
-        for k in self._draw_chunks():
-            with weight_noise_copies(self.model, k):
-                logits = self.model(x.repeat(k, 1, 1, 1))
+        for logits in iter_draws(self.model, x, self.samples, chunk=self.chunk,
+                                 module=self.model):
+            k = logits.shape[0]
             rep_y = _repeat(y, k)
             assert rep_y is not None
-            values = loss(logits, rep_y, _repeat(target, k))
+            values = loss(logits.flatten(0, 1), rep_y, _repeat(target, k))
             total = total + values.view(k, x.shape[0]).sum(0)
         return total / self.samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs: torch.Tensor | None = None
-        for k in self._draw_chunks():
-            with weight_noise_copies(self.model, k):
-                p = self.model(x.repeat(k, 1, 1, 1)).float().softmax(-1)
-            p = p.view(k, x.shape[0], -1).sum(0)
-            probs = p if probs is None else probs + p
-        assert probs is not None
-        return (probs / self.samples).clamp_min(1e-12).log()
+        return mean_probs(self.model, x, self.samples, chunk=self.chunk, module=self.model)
 
 
 class MajorityVote(nn.Module):
-    """Hard-label majority vote over ``samples`` draws; returns one-hot vote fractions as scores
-    (argmax = majority class, ties to the lowest index). Not differentiable (decision-based
-    attacks only)."""
+    """Hard-label majority vote over ``samples`` draws (the draws protocol,
+    :func:`advguard.rng.iter_draws`); returns one-hot vote fractions as scores (argmax = majority
+    class, ties to the lowest index). Not differentiable (decision-based attacks only)."""
 
     def __init__(self, model: nn.Module, samples: int = 10, *, chunk: int = 10) -> None:
         super().__init__()
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
         self.model = as_logits_model(model)
         self.samples = int(samples)
         self.chunk = max(1, int(chunk))
@@ -114,14 +103,9 @@ class MajorityVote(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         votes: torch.Tensor | None = None
-        left = self.samples
-        while left > 0:
-            k = min(self.chunk, left)
-            out = self.model(x.repeat(k, 1, 1, 1))
-            onehot = F.one_hot(out.argmax(-1), out.shape[-1]).float()
-            v = onehot.view(k, x.shape[0], -1).sum(0)
+        for out in iter_draws(self.model, x, self.samples, chunk=self.chunk, module=self.model):
+            v = F.one_hot(out.argmax(-1), out.shape[-1]).float().sum(0)
             votes = v if votes is None else votes + v
-            left -= k
         assert votes is not None
         return votes / self.samples
 

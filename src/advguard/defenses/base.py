@@ -23,18 +23,23 @@ Randomness comes only from generators the module owns (:class:`Randomness`), see
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from advguard.rng import Randomness, derive_seed
+from advguard.errors import ConfigError
+from advguard.rng import Randomness, derive_seed, is_randomized, mean_probs
+from advguard.utils import check_images
 
 __all__ = ["Averaged", "Defense", "Output", "Pipeline", "Randomness", "Traits", "Transform",
-           "Undefended", "as_defense", "derive_seed", "gradient_inside_forward"]
+           "Undefended", "as_defense", "derive_seed", "gradient_inside_forward", "inside_defense"]
 
 Output = Literal["logits", "probs"]
 
@@ -80,6 +85,21 @@ class Transform(Randomness):
 
     traits: Traits = Traits()
 
+    @classmethod
+    def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Transform:
+        """The registry's builder hook: a transform takes only its parameters."""
+        return cls(**params)
+
+    @classmethod
+    def declared_traits(cls) -> Traits | None:
+        """The traits every instance has, when the class fixes them (None otherwise)."""
+        for klass in cls.__mro__:
+            if klass is Transform:
+                return None
+            if isinstance(vars(klass).get("traits"), Traits):
+                return vars(klass)["traits"]
+        return None
+
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
@@ -102,13 +122,67 @@ class Transform(Randomness):
 
 
 # --------------------------------------------------------------------------- defenses
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("advguard_inside_defense",
+                                                               default=False)
+
+
+@contextlib.contextmanager
+def inside_defense() -> Iterator[None]:
+    """Within the context, defense calls skip input validation: for code that feeds a defense
+    inputs it made itself, legitimately outside [0, 1] (the smoothing's noisy inputs ``x + σ·η``
+    given to an inner defense). Nested defense calls are inside automatically."""
+    token = _INSIDE.set(True)
+    try:
+        yield
+    finally:
+        _INSIDE.reset(token)
+
+
 class Defense(Randomness):
     """A defended classifier: images (N,C,H,W) in [0,1] → scores (N, K).
 
-    Subclasses implement :meth:`predict` and declare ``traits`` and ``base_model``.
+    Subclasses implement :meth:`predict` and declare ``traits`` and ``base_model``. Calling a
+    defense validates its inputs once, at the outermost call (a floating-point (N, C, H, W) batch,
+    finite, in [0, 1]; :class:`~advguard.errors.InputValidationError` otherwise): ``__call__`` is
+    final, subclasses cannot override it.
+
+    Registry hook: :meth:`from_spec` builds the defense from a spec's parameters around ``model``
+    (default: ``cls(model, **params)``). Parameters naming trained parts or data (a checkpoint, a
+    dataset) take paths or specs and are loaded and checked against ``model`` in the constructor,
+    before any work starts (see :func:`advguard.defenses.resources.load_checkpoint_part`).
     """
 
     traits: Traits = Traits()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides Defense.__call__, which is final "
+                            "(implement predict)")
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if _INSIDE.get():
+            return super().__call__(x, *args, **kwargs)
+        check_images(x, name=f"inputs to the {type(self).__name__} defense")
+        with inside_defense():
+            return super().__call__(x, *args, **kwargs)
+
+    @classmethod
+    def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Defense:
+        """The registry's builder hook (see the class docstring)."""
+        factory: Callable[..., Defense] = cls
+        return factory(model, **params)
+
+    @classmethod
+    def declared_traits(cls) -> Traits | None:
+        """The traits every instance has, when the class fixes them; None when they depend on
+        the model and the parameters (read them from an instance)."""
+        for klass in cls.__mro__:
+            if klass in (Defense, Transform):
+                return None
+            if isinstance(vars(klass).get("traits"), Traits):
+                return vars(klass)["traits"]
+        return None
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -135,12 +209,13 @@ class Defense(Randomness):
 
 
 class Undefended(Defense):
-    """A plain classifier presented as a (trivial) defense: deterministic, differentiable."""
+    """A plain classifier presented as a (trivial) defense: differentiable; randomized when the
+    model draws noise itself (a PNI/CNI model), so that evaluations use EOT and repeated runs."""
 
     def __init__(self, model: nn.Module, *, output: Output = "logits") -> None:
         super().__init__()
         self.model = model
-        self.traits = Traits(output=output)
+        self.traits = Traits(randomized=is_randomized(model), output=output)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -183,6 +258,32 @@ class Pipeline(Defense):
         )
         self.reseed(seed)
 
+    @classmethod
+    def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Pipeline:
+        """``{"name": "pipeline", "steps": [spec, ...]}``: transforms in order, then ``model``;
+        the last step may be a classifier-level defense (it then wraps ``model``)."""
+        from advguard.defenses.registry import build_part
+
+        unknown = sorted(set(params) - {"steps", "seed"})
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown} for defense 'pipeline' "
+                              "(parameters: steps, seed)")
+        steps = params.get("steps")
+        if not isinstance(steps, Sequence) or isinstance(steps, str) or not steps:
+            raise ConfigError("a 'pipeline' defense needs a non-empty 'steps' list of specs")
+        transforms: list[Transform] = []
+        classifier: nn.Module = model
+        for i, step in enumerate(steps):
+            part = build_part(step, model)
+            if isinstance(part, Transform):
+                transforms.append(part)
+            elif i == len(steps) - 1:
+                classifier = part
+            else:
+                raise ConfigError(f"pipeline step {i} ({_name_of(step)!r}) is a classifier-level"
+                                  " defense; only the last step may be one")
+        return cls(transforms, classifier, seed=int(params.get("seed", 0)))
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             x = step(x)
@@ -214,14 +315,18 @@ class Averaged(Defense):
     """Run a randomized defense ``n`` times and average its output probabilities.
 
     Returns ``log(mean_i softmax(f_i(x)))`` — valid logits whose softmax is the averaged
-    probability vector — so it stays a logits-output defense. The ``n`` executions run as batched
-    forwards of at most ``chunk`` copies. Used for e.g. 50 executions of Xie/Guo in the CAP paper.
+    probability vector — so it stays a logits-output defense. The ``n`` executions follow the
+    draws protocol (:func:`advguard.rng.iter_draws`): batched forwards of at most ``chunk``
+    stacked copies, every copy an independent draw (PNI/CNI weight noise
+    included). Used for e.g. 50 executions of Xie/Guo in the CAP paper.
     """
 
     def __init__(self, defense: Defense, n: int, *, chunk: int = 8, seed: int = 0) -> None:
         super().__init__(seed=seed)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be an int >= 1, got {n!r}")
+        if not isinstance(defense, Defense):
+            raise ConfigError(f"defense must be a Defense, got {type(defense).__name__}")
         self.defense = defense
         self.n = n
         self.chunk = max(1, chunk)
@@ -229,21 +334,22 @@ class Averaged(Defense):
         self.traits = dataclasses.replace(inner, output="logits")
         self.reseed(seed)
 
-    def _probs(self, out: torch.Tensor) -> torch.Tensor:
-        return out if self.defense.traits.output == "probs" else out.softmax(-1)
+    def _average(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                 x: torch.Tensor) -> torch.Tensor:
+        return mean_probs(fn, x, self.n, chunk=self.chunk, module=self.defense,
+                          output=self.defense.traits.output)
 
-    def _average(self, fn: object, x: torch.Tensor) -> torch.Tensor:
-        assert callable(fn)
-        total: torch.Tensor | None = None
-        done = 0
-        while done < self.n:
-            k = min(self.chunk, self.n - done)
-            out = fn(x.repeat(k, 1, 1, 1))
-            probs = self._probs(out).reshape(k, x.shape[0], -1).sum(0)
-            total = probs if total is None else total + probs
-            done += k
-        assert total is not None
-        return (total / self.n).clamp_min(1e-12).log()
+    @classmethod
+    def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Averaged:
+        """``{"name": "averaged", "n": 50, "defense": spec}``: ``n`` executions of ``spec``."""
+        from advguard.defenses.registry import build_defense
+
+        kwargs = dict(params)
+        inner = kwargs.pop("defense", None)
+        if not isinstance(inner, Mapping) and not isinstance(inner, str):
+            raise ConfigError("an 'averaged' defense needs a 'defense' spec")
+        check_params(cls, kwargs, "averaged", skip=("defense",))
+        return cls(build_defense(inner, model), **kwargs)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self._average(self.defense, x)
@@ -257,3 +363,28 @@ class Averaged(Defense):
 
     def transforms(self) -> Iterator[Transform]:
         return self.defense.transforms()
+
+
+def _name_of(spec: object) -> object:
+    return spec.get("name") if isinstance(spec, Mapping) else spec
+
+
+def check_params(cls: type, params: Mapping[str, Any], name: str,
+                  skip: Sequence[str] = ()) -> None:
+    """Raise :class:`ConfigError` for keyword arguments ``cls`` does not take, naming close
+    matches and the accepted parameters."""
+    import difflib
+
+    sig = inspect.signature(cls)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = [p for p, v in sig.parameters.items()
+                if p not in ("self", "model") and v.kind in (v.KEYWORD_ONLY,
+                                                              v.POSITIONAL_OR_KEYWORD)]
+    accepted = [p for p in accepted if p not in skip] + list(skip)
+    for key in params:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown parameter {key!r} for defense {name!r}{hint} "
+                              f"(parameters: {', '.join(sorted(accepted))})")

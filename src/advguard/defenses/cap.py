@@ -141,8 +141,7 @@ def _num_classes_of(model: nn.Module) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-@DEFENSES.register("cap", kind="defense", paper=PAPER,
-                   traits=Traits(randomized=True, differentiable=True, dynamic=True))
+@DEFENSES.register("cap", kind="defense", paper=PAPER)
 class CAP(Defense):
     """Counteracting adversarial perturbations (Algorithm 1 of the paper; see the module
     docstring for the sampling, composition and gradient conventions).
@@ -163,6 +162,8 @@ class CAP(Defense):
 
         defense = CAP(model, n_labels=9, alpha=4/255, mu=8/255, targeted=True, seed=0)
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     def __init__(self, model: nn.Module, *, n_labels: int = 9, alpha: float = 4 / 255,
                  mu: float = 8 / 255, targeted: bool = True, exclude_predicted: bool = True,

@@ -37,6 +37,7 @@ from advguard.data import ImageDataset, balanced_subset, load_dataset, train_val
 from advguard.defenses.base import Defense, Traits
 from advguard.defenses.registry import DEFENSES
 from advguard.errors import ConfigError
+from advguard.rng import mean_probs
 
 __all__ = ["MixupInference", "load_pool"]
 
@@ -77,7 +78,7 @@ def load_pool(spec: Mapping[str, Any]) -> ImageDataset:
                              spec.get("root"))
 
 
-@DEFENSES.register("mi_ol", kind="defense", traits=Traits(randomized=True),
+@DEFENSES.register("mi_ol", kind="defense",
                    paper="Pang, Xu, Zhu, ICLR 2020 (mixup inference, MI-OL)")
 class MixupInference(Defense):
     """MI-OL: average the predictions on mixtures ``λ·x + (1 − λ)·x_s`` with pool images ``x_s``
@@ -94,6 +95,8 @@ class MixupInference(Defense):
         defense = MixupInference(model, lam=0.5, samples=30,
                                  pool={"dataset": "fashion-mnist", "n": 2000, "seed": 0})
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     traits = Traits(randomized=True)
     pool_images: torch.Tensor
@@ -153,18 +156,14 @@ class MixupInference(Defense):
             logits = self.model(x)
         pred, num_classes = logits.argmax(1), logits.shape[1]
         gen = self.generator(x.device)
-        total: torch.Tensor | None = None
-        done = 0
-        while done < self.samples:
-            k = min(self.chunk, self.samples - done)
+
+        def mixed(xr: torch.Tensor) -> torch.Tensor:
+            k = xr.shape[0] // x.shape[0]
             partners = self.pool_images[self.draw_partners(pred, num_classes, k, gen)]
-            mixed = self.lam * x[None] + (1.0 - self.lam) * partners.to(x.dtype)
-            probs = self.model(mixed.flatten(0, 1)).float().softmax(-1)
-            probs = probs.view(k, x.shape[0], -1).sum(0)
-            total = probs if total is None else total + probs
-            done += k
-        assert total is not None
-        return (total / self.samples).clamp_min(1e-12).log()
+            mix = self.lam * xr + (1.0 - self.lam) * partners.flatten(0, 1).to(x.dtype)
+            return self.model(mix)
+
+        return mean_probs(mixed, x, self.samples, chunk=self.chunk, module=self.model)
 
     @property
     def base_model(self) -> nn.Module:

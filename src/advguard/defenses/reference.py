@@ -10,8 +10,7 @@ from advguard.defenses.registry import DEFENSES
 
 
 @DEFENSES.register("gaussian_noise", kind="transform",
-                   paper="Tabacof & Valle 2016 (Gaussian input noise)",
-                   traits=Traits(randomized=True))
+                   paper="Tabacof & Valle 2016 (Gaussian input noise)")
 class GaussianNoise(Transform):
     """Add i.i.d. Gaussian noise N(0, σ²) to every pixel, then clip to [0, 1].
 
@@ -22,6 +21,8 @@ class GaussianNoise(Transform):
 
         defense = Pipeline([GaussianNoise(sigma=0.1, seed=0)], model)
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     traits = Traits(randomized=True)
 
@@ -40,8 +41,7 @@ class GaussianNoise(Transform):
 
 
 @DEFENSES.register("bit_depth", kind="transform",
-                   paper="Xu, Evans, Qi 2018 (feature squeezing: bit-depth reduction)",
-                   traits=Traits(differentiable=False))
+                   paper="Xu, Evans, Qi 2018 (feature squeezing: bit-depth reduction)")
 class BitDepthReduction(Transform):
     """Quantize every pixel to ``bits`` bits: ``round(x·(2^b − 1)) / (2^b − 1)``.
 

@@ -1,15 +1,23 @@
 """The defense registry and a builder from data (config dicts).
 
-Entries are classes registered with metadata ``kind`` (``"transform"``: images → images, put in
-front of the classifier; ``"defense"``: wraps a classifier), ``paper`` and ``traits``.
+Entries are :class:`~advguard.defenses.base.Defense` or
+:class:`~advguard.defenses.base.Transform` classes registered with metadata ``kind``
+(``"transform"``: images → images, put in front of the classifier; ``"defense"``: wraps a
+classifier; ``"composite"``: built from other specs) and ``paper``. Traits are not registry
+metadata: they belong to instances (``build_defense(...).traits``); a class whose traits never
+vary says so with :meth:`~advguard.defenses.base.Defense.declared_traits`. Each entry builds
+itself from a spec with its ``from_spec`` hook.
 
-A defense spec is a mapping with a ``name`` and that entry's keyword arguments:
+A defense spec is a name, or a mapping with a ``name`` and that entry's keyword arguments:
 
-* ``{"name": "none"}`` — the undefended model;
+* ``"none"`` or ``{"name": "none"}`` — the undefended model;
 * ``{"name": "bit_depth", "bits": 3}`` — a transform, put in front of the model;
 * ``{"name": "pipeline", "steps": [spec, ...]}`` — transforms in order, then the model (the last
   step may be a classifier-level defense such as CAP, which wraps the model);
 * ``{"name": "averaged", "n": 50, "defense": spec}`` — average ``n`` executions.
+
+Every mistake in a spec (unknown name or parameter, a bad value) raises
+:class:`~advguard.errors.ConfigError` with one line naming the defense.
 """
 
 from __future__ import annotations
@@ -19,68 +27,70 @@ from typing import Any
 
 from torch import nn
 
-from advguard.errors import ConfigError
+from advguard.defenses.base import Averaged, Defense, Pipeline, Transform, Undefended, check_params
+from advguard.errors import AdvguardError, ConfigError
 from advguard.registry import Registry
 
-DEFENSES: Registry[Any] = Registry("defense")
+__all__ = ["DEFENSES", "build_defense", "build_part", "defense_parameters"]
+
+DEFENSES: Registry[type[Defense] | type[Transform]] = Registry("defense")
+DEFENSES.add("none", Undefended, kind="defense", paper="the undefended model")
+DEFENSES.add("pipeline", Pipeline, kind="composite", paper="transforms, then the classifier")
+DEFENSES.add("averaged", Averaged, kind="composite",
+             paper="average of n executions (e.g. Xie/Guo in Guo et al. 2018)")
 
 
-def _kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "name"}
-
-
-def build_defense(spec: Mapping[str, Any] | str, model: nn.Module, *, seed: int = 0) -> Any:
-    """Build a :class:`~advguard.defenses.base.Defense` around ``model`` from a spec (see module
-    docstring). The result is seeded with ``seed`` (sub-parts get derived seeds)."""
-    from advguard.defenses.base import Averaged, Defense, Pipeline, Transform, Undefended
-
+def _split(spec: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, str):
-        spec = {"name": spec}
+        return spec, {}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"a defense spec is a name or a mapping with a 'name', got "
+                          f"{type(spec).__name__}: {spec!r}")
     if "name" not in spec:
         raise ConfigError(f"defense spec needs a 'name': {dict(spec)}")
-    name = str(spec["name"])
-    if name == "none":
-        return Undefended(model)
-    if name == "pipeline":
-        steps = list(spec.get("steps", []))
-        if not steps:
-            raise ConfigError("a 'pipeline' defense needs a non-empty 'steps' list")
-        transforms: list[Transform] = []
-        classifier: nn.Module = model
-        for i, step in enumerate(steps):
-            part = build_part(step, model)
-            if isinstance(part, Transform):
-                transforms.append(part)
-            elif i == len(steps) - 1:
-                classifier = part
-            else:
-                raise ConfigError(f"pipeline step {i} ({step.get('name')!r}) is a classifier-level"
-                                  " defense; only the last step may be one")
-        return Pipeline(transforms, classifier, seed=seed)
-    if name == "averaged":
-        inner = spec.get("defense")
-        if not isinstance(inner, Mapping):
-            raise ConfigError("an 'averaged' defense needs a 'defense' spec")
-        kwargs = _kwargs(spec)
-        kwargs.pop("defense")
-        return Averaged(build_defense(inner, model), seed=seed, **kwargs)
-    part = build_part(spec, model)
-    if isinstance(part, Transform):
-        return Pipeline([part], model, seed=seed)
-    assert isinstance(part, Defense)
-    part.reseed(seed)
+    return str(spec["name"]), {str(k): v for k, v in spec.items() if k != "name"}
+
+
+def build_part(spec: Mapping[str, Any] | str, model: nn.Module) -> Defense | Transform:
+    """Instantiate one registered entry (a transform, a classifier-level or composite defense);
+    every error in the spec becomes a one-line :class:`ConfigError`."""
+    name, params = _split(spec)
+    cls = DEFENSES.get(name)
+    if cls not in (Pipeline, Averaged):  # composites check their own parameters
+        check_params(cls, params, name)
+    try:
+        part = cls.from_spec(model, params)
+    except AdvguardError as exc:
+        if isinstance(exc, ConfigError) and repr(name) in str(exc):
+            raise
+        raise ConfigError(f"defense {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"defense {name!r}: {exc}") from None
     return part
 
 
-def build_part(spec: Mapping[str, Any], model: nn.Module) -> Any:
-    """Instantiate one registered transform or classifier-level defense."""
-    if "name" not in spec:
-        raise ConfigError(f"defense spec needs a 'name': {dict(spec)}")
-    entry = DEFENSES.entry(str(spec["name"]))
-    kwargs = _kwargs(spec)
-    try:
-        if entry.metadata.get("kind") == "transform":
-            return entry.value(**kwargs)
-        return entry.value(model, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad arguments for defense {entry.name!r}: {exc}") from None
+def build_defense(spec: Mapping[str, Any] | str, model: nn.Module, *, seed: int = 0) -> Defense:
+    """Build a :class:`~advguard.defenses.base.Defense` around ``model`` from a spec (see module
+    docstring); a lone transform is put in front of ``model``. The result is seeded with
+    ``seed`` (sub-parts get derived seeds)."""
+    part = build_part(spec, model)
+    defense = Pipeline([part], model) if isinstance(part, Transform) else part
+    defense.reseed(seed)
+    return defense
+
+
+def defense_parameters(name: str) -> dict[str, str]:
+    """The parameters a registered entry takes, with their defaults (``"required"`` when none),
+    for listings and error messages."""
+    import inspect
+
+    cls = DEFENSES.get(name)
+    out: dict[str, str] = {}
+    for pname, p in inspect.signature(cls.__init__).parameters.items():
+        if pname in ("self", "model", "classifier", "transforms") or p.kind in (
+                p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[pname] = "required" if p.default is p.empty else repr(p.default)
+    if cls is Pipeline:
+        out = {"steps": "required", **out}
+    return out

@@ -38,13 +38,13 @@ The ``m`` draws run as batched forwards of ``chunk`` noisy copies of the batch (
 over draws) when every noise source inside the base model gives the copies of one forward
 independent draws. A noise module declares it with a class attribute: ``per_example_noise = True``
 (it draws independently per example), or ``per_copy_noise = True`` (it draws once per forward,
-shared by the batch, but once per stacked copy inside
-:func:`~advguard.models.noise.weight_noise_copies`, which :class:`NoisyBase` enters for the
-``copies`` it is given). advguard's PNI/CNI weight noise (``models/noise.py``) is of the second
-kind: a forward of ``k`` copies draws ``k`` weight perturbations, one grouped convolution / batched
-matmul per layer, in the order ``k`` separate forwards would draw them. Random modules that declare
-neither (a weight perturbation shared by the whole batch and no way to split it) get a single copy
-per forward, so the draws stay independent. :attr:`Smoothed.batched` says which applies.
+shared by the batch, but once per stacked copy inside :func:`~advguard.rng.stacked_copies`) — the
+draws protocol of :mod:`advguard.rng`, which every averaging, voting and EOT path shares. advguard's
+PNI/CNI weight noise (``models/noise.py``) is of the second kind: a forward of ``k`` copies draws
+``k`` weight perturbations, one grouped convolution / batched matmul per layer, in the order ``k``
+separate forwards would draw them. Random modules that declare neither (a weight perturbation shared
+by the whole batch and no way to split it) get a single copy per forward, so the draws stay
+independent. :attr:`Smoothed.batched` says which applies.
 
 Noise: ``σ`` is in pixel units of [0, 1] (our models normalize inside; the reference code adds
 noise after normalization, so its ``noise_sd`` is in normalized units); ``x + σ·η`` is not clipped
@@ -69,12 +69,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advguard.defenses.base import Defense, Randomness, Traits, Transform
+from advguard.defenses.base import Defense, Randomness, Traits, Transform, inside_defense
 from advguard.defenses.registry import DEFENSES
-from advguard.models.noise import weight_noise_copies
+from advguard.rng import CopiesAware, draws_per_copy, is_randomized, iter_draws
 
 __all__ = ["ABSTAIN", "AVERAGES", "VOTES", "NoisyBase", "Smoothed", "SmoothedPrediction",
-           "clopper_pearson", "draws_per_example", "vote_contributions", "vote_scores"]
+           "clopper_pearson", "vote_contributions", "vote_scores"]
 
 Vote = Literal["prediction", "weighted", "soft"]
 Average = Literal["probs", "logits"]
@@ -123,36 +123,10 @@ def vote_scores(outputs: torch.Tensor, vote: str, *, average: str = "probs", dec
 
 
 # --------------------------------------------------------------------------- draws
-def _noise_sources(model: nn.Module) -> Iterator[nn.Module]:
-    """The random modules inside ``model`` that draw noise themselves: :class:`Randomness`
-    modules with no random submodule of their own, except those declaring deterministic
-    traits (e.g. a bit-depth transform)."""
-    for module in model.modules():
-        if not isinstance(module, Randomness):
-            continue
-        if any(isinstance(sub, Randomness) for sub in module.modules() if sub is not module):
-            continue
-        traits = getattr(module, "traits", None)
-        if isinstance(traits, Traits) and not traits.randomized:
-            continue
-        yield module
-
-
-def draws_per_example(model: nn.Module) -> bool:
-    """True when every noise source inside ``model`` declares ``per_example_noise = True`` or
-    ``per_copy_noise = True``, so that a batch of stacked copies of the same inputs gets
-    independent draws per copy — for ``per_copy_noise`` sources (PNI/CNI weight noise) provided
-    the forward runs inside :func:`~advguard.models.noise.weight_noise_copies` (as
-    :class:`NoisyBase` with ``copies``, :class:`~advguard.attacks.EOT` and SmoothAdv do). True for
-    a model without any noise source."""
-    return all(bool(getattr(m, "per_example_noise", False) or getattr(m, "per_copy_noise", False))
-               for m in _noise_sources(model))
-
-
 def _is_randomized(model: nn.Module) -> bool:
     if isinstance(model, Defense):
         return model.traits.randomized
-    return any(True for _ in _noise_sources(model))
+    return is_randomized(model)
 
 
 def _output_kind(model: nn.Module) -> str:
@@ -160,16 +134,14 @@ def _output_kind(model: nn.Module) -> str:
     return str(getattr(traits, "output", "logits"))
 
 
-class NoisyBase(Randomness):
+class NoisyBase(CopiesAware, Randomness):
     """``model(x + σ·η)`` with one draw of ``η ~ N(0, I)`` (per example) per call; the model's own
     noise is drawn by the model. The base classifier of :class:`Smoothed`.
 
-    The noise of a batch is drawn copy by copy when the batch is ``copies`` stacked copies (see
-    :meth:`Smoothed.draws`), and the model runs inside
-    :func:`~advguard.models.noise.weight_noise_copies` (its weight-noise layers draw one
-    perturbation per copy, in order), so a batched draw equals the same draws made one copy at a
-    time. Shapes: ``(copies·n, C, H, W)`` → ``(copies·n, K)``; ``copies·n`` must be a multiple
-    of ``copies``.
+    Inside :func:`~advguard.rng.stacked_copies` with ``k`` copies (as :meth:`Smoothed.draws` runs
+    it), the noise of the stacked batch is drawn copy by copy and the model's weight-noise layers
+    draw one perturbation per copy, in order, so a batched draw equals the same draws made one
+    copy at a time. Shapes: ``(copies·n, C, H, W)`` → ``(copies·n, K)``.
     """
 
     per_example_noise = True
@@ -192,13 +164,10 @@ class NoisyBase(Randomness):
                                        dtype=x.dtype) for _ in range(copies)])
         return x + self.sigma * noise
 
-    def forward(self, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
-        if copies == 1:
-            return self.model(self.noisy(x))
-        if x.shape[0] % copies:
-            raise ValueError(f"a batch of {x.shape[0]} rows cannot hold {copies} stacked copies")
-        with weight_noise_copies(self.model, copies):
-            return self.model(self.noisy(x, copies))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noisy = self.noisy(x, self._split(x))
+        with inside_defense():  # x + σ·η leaves [0, 1] by design (not clipped)
+            return self.model(noisy)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -245,8 +214,7 @@ class SmoothedPrediction:
 
 
 # --------------------------------------------------------------------------- the defense
-@DEFENSES.register("smoothing", kind="defense", paper=PAPER,
-                   traits=Traits(randomized=True, differentiable=False, output="probs"))
+@DEFENSES.register("smoothing", kind="defense", paper=PAPER)
 class Smoothed(Defense):
     """Smoothed inference: a vote over ``m`` draws of input and injected noise (module docstring).
 
@@ -285,7 +253,7 @@ class Smoothed(Defense):
         self.base = NoisyBase(model, sigma=sigma)
         self.m, self.vote, self.average, self.decay = m, vote, average, float(decay)
         self.chunk = None if chunk is None else max(1, int(chunk))
-        self.batched = draws_per_example(model)
+        self.batched = draws_per_copy(model)
         soft = vote == "soft"
         self.traits = Traits(randomized=self.base.traits.randomized, differentiable=soft,
                              output="logits" if soft and average == "logits" else "probs")
@@ -315,21 +283,12 @@ class Smoothed(Defense):
             return self.chunk
         return CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
 
-    def _chunks(self, m: int, device: torch.device) -> list[int]:
-        size = self.chunk_size(device)
-        sizes, left = [], m
-        while left > 0:
-            sizes.append(min(size, left))
-            left -= sizes[-1]
-        return sizes
-
     def iter_draws(self, x: torch.Tensor, m: int | None = None) -> Iterator[torch.Tensor]:
         """Per-draw base outputs in chunks of shape (k, N, K), ``m`` draws in all (default
-        ``self.m``); each chunk is one batched forward of ``k`` noisy copies of ``x``."""
-        n = x.shape[0]
-        for k in self._chunks(self.m if m is None else m, x.device):
-            out = self.base(x.repeat(k, *([1] * (x.dim() - 1))), copies=k)
-            yield out.view(k, n, -1)
+        ``self.m``); each chunk is one batched forward of ``k`` noisy copies of ``x`` (the draws
+        protocol, :func:`advguard.rng.iter_draws`)."""
+        return iter_draws(self.base, x, self.m if m is None else m,
+                          chunk=self.chunk_size(x.device), module=self.base)
 
     def draws(self, x: torch.Tensor, m: int | None = None) -> torch.Tensor:
         """All per-draw base outputs, (m, N, K) (for sweeps over ``m`` and votes)."""

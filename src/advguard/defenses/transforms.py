@@ -97,7 +97,7 @@ def _shift(canvas: torch.Tensor, size: torch.Tensor, src_top: torch.Tensor,
     return out * valid[:, None].to(out.dtype)
 
 
-@DEFENSES.register("xie", kind="transform", traits=Traits(randomized=True),
+@DEFENSES.register("xie", kind="transform",
                    paper="Xie, Wang, Zhang, Ren, Yuille, ICLR 2018 (random resizing and padding)")
 class XiePadding(Transform):
     """Random resizing (or cropping) to ``s × s`` then random zero padding back to the input size.
@@ -119,6 +119,8 @@ class XiePadding(Transform):
 
         defense = Averaged(Pipeline([XiePadding(size=(19, 26), mode="crop")], model), n=50)
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     traits = Traits(randomized=True)
 
@@ -172,7 +174,7 @@ class XiePadding(Transform):
         return f"size={self.size}, mode={self.mode!r}, interpolation={self.interpolation!r}"
 
 
-@DEFENSES.register("guo", kind="transform", traits=Traits(randomized=True),
+@DEFENSES.register("guo", kind="transform",
                    paper="Guo, Rana, Cisse, van der Maaten, ICLR 2018 (random crop and rescale)")
 class GuoCropRescale(Transform):
     """A random ``s × s`` crop rescaled (bilinear) to the input size.
@@ -190,6 +192,8 @@ class GuoCropRescale(Transform):
 
         defense = Averaged(Pipeline([GuoCropRescale(size=(19, 26))], model), n=50)
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     traits = Traits(randomized=True)
 
@@ -229,7 +233,7 @@ class GuoCropRescale(Transform):
         return f"size={self.size}"
 
 
-@DEFENSES.register("rotation", kind="transform", traits=Traits(randomized=True),
+@DEFENSES.register("rotation", kind="transform",
                    paper="random rotation (a baseline of the CAP paper's Table 3; MI-OL code)")
 class RandomRotation(Transform):
     """Rotate each image about its centre by an angle drawn uniformly from
@@ -242,6 +246,8 @@ class RandomRotation(Transform):
 
         defense = Averaged(Pipeline([RandomRotation(degrees=10)], model), n=50)
     """
+
+    per_example_noise = True  # every row draws its own randomness (rng's draws protocol)
 
     traits = Traits(randomized=True)
 

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -168,6 +169,8 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         if not config.model:
             raise ConfigError("the evaluation config names no model checkpoint")
         model = load_checkpoint(config.model, device=device).model
+    else:  # the caller's model keeps its device, mode and noise generators' states
+        model = copy.deepcopy(model)
     model = model.to(device).eval()
     if data is None:
         data = load_eval_data(config)

@@ -57,8 +57,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,7 +67,7 @@ from torch import nn
 
 from advguard.errors import ConfigError
 from advguard.models.normalized import ModelSpec, Normalized
-from advguard.rng import Randomness, derive_seed
+from advguard.rng import CopiesAware, Randomness, derive_seed, stacked_copies
 
 __all__ = [
     "CNINoise",
@@ -267,23 +266,7 @@ def make_weight_noise(spec: NoiseSpec, weight_shape: tuple[int, ...], *, seed: i
 
 
 # --------------------------------------------------------------------------- noisy layers
-class _CopiesMixin:
-    """How many stacked copies of a batch the next forward holds (1: an ordinary batch); set only
-    by :func:`weight_noise_copies`."""
-
-    copies: int = 1
-
-    def _split(self, x: torch.Tensor) -> int:
-        k = self.copies
-        if x.shape[0] % k:
-            raise ValueError(
-                f"{type(self).__name__}: a batch of {x.shape[0]} rows cannot hold "
-                f"{k} stacked copies (weight_noise_copies(model, {k})); the batch size must be "
-                f"a multiple of the number of copies")
-        return k
-
-
-class NoisyConv2d(_CopiesMixin, nn.Conv2d):
+class NoisyConv2d(CopiesAware, nn.Conv2d):
     """``nn.Conv2d`` whose forward uses ``self.noise(self.weight)`` (a :class:`WeightNoise`).
     A subclass, so FLOP counting and ``isinstance(m, nn.Conv2d)`` keep working.
 
@@ -315,7 +298,7 @@ class NoisyConv2d(_CopiesMixin, nn.Conv2d):
             k * n, self.out_channels, *out.shape[2:])
 
 
-class NoisyLinear(_CopiesMixin, nn.Linear):
+class NoisyLinear(CopiesAware, nn.Linear):
     """``nn.Linear`` whose forward uses ``self.noise(self.weight)`` (a :class:`WeightNoise`).
 
     Inside :func:`weight_noise_copies` with ``k`` copies, the input ``(k·n, ..., in)`` runs as one
@@ -338,38 +321,8 @@ class NoisyLinear(_CopiesMixin, nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-@contextmanager
-def weight_noise_copies(model: nn.Module, copies: int) -> Iterator[nn.Module]:
-    """Within the context, every forward of ``model`` takes a batch of ``copies`` stacked copies
-    of a batch (input ``(copies·n, ...)``, copy ``i`` in rows ``i·n … (i+1)·n − 1``, as made by
-    ``x.repeat(copies, 1, 1, 1)``) and every noisy layer of ``model`` gives copy ``i`` its own
-    weight draw ``i``, the draws made in the order of ``copies`` sequential forwards: the output
-    equals ``torch.cat([model(x_i) for x_i in x.chunk(copies)])`` up to float rounding, and every
-    noise generator ends in the same state. Layers without noise in this mode (eval with
-    ``eval_noise=False``) run the plain weights on the whole batch and draw nothing. A batch size
-    that is not a multiple of ``copies`` raises ``ValueError``. Nested contexts multiply (a
-    wrapper stacking ``j`` copies of an already stacked batch makes ``j·copies`` copies); the
-    previous setting is restored on exit. Gradients flow as in ordinary forwards.
-
-    Example::
-
-        with weight_noise_copies(model, 16):
-            logits = model(x.repeat(16, 1, 1, 1)).view(16, len(x), -1)   # 16 weight draws
-    """
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be an int >= 1, got {copies!r}")
-    layers = [m for m in model.modules() if isinstance(m, _CopiesMixin)]
-    saved = [m.__dict__.get("copies") for m in layers]
-    try:
-        for m in layers:
-            m.copies = m.copies * copies
-        yield model
-    finally:
-        for m, old in zip(layers, saved):
-            if old is None:
-                del m.copies
-            else:
-                m.copies = old
+#: the draws protocol's context (:func:`advguard.rng.stacked_copies`), under its historical name
+weight_noise_copies = stacked_copies
 
 
 def _noisy_copy(layer: nn.Module, noise: WeightNoise) -> nn.Module:

@@ -10,13 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advguard.attacks import PGD, make_attack
+from advguard.attacks import ATTACKS, PGD, make_attack
 from advguard.errors import ConfigError
 from advguard.training.recipes._adversarial import check_fields, craft
 from advguard.training.recipes.base import RECIPES, Recipe, StepOutput, count_correct
 
-#: attacks the recipe can craft its examples with (all PGD variants, same ε/α/steps fields)
-INNER_ATTACKS = ("pgd", "epgd", "smoothadv")
+
+def inner_attacks() -> list[str]:
+    """The registered attacks the recipe can craft its examples with: every :class:`PGD`
+    subclass (they share the ε/α/steps/random-start fields the recipe sets)."""
+    return [name for name in ATTACKS.names()
+            if isinstance(ATTACKS.get(name), type) and issubclass(ATTACKS.get(name), PGD)]
 
 
 @RECIPES.register("pgd_at", paper="Madry et al., ICLR 2018",
@@ -68,9 +72,9 @@ class PGDAT(Recipe):
     def __post_init__(self) -> None:
         check_fields(self.name, eps=self.eps, attack_bn=self.attack_bn, steps=self.steps,
                      alpha=self.alpha, adv_weight=self.adv_weight)
-        if self.attack not in INNER_ATTACKS:
-            raise ConfigError(f"recipe {self.name!r}: attack must be one of {INNER_ATTACKS}, "
-                              f"got {self.attack!r}")
+        if self.attack not in inner_attacks():
+            raise ConfigError(f"recipe {self.name!r}: attack must be a PGD variant, one of "
+                              f"{inner_attacks()}, got {self.attack!r}")
         shared = {"eps", "alpha", "steps", "random_start", "norm"} & set(self.attack_kwargs)
         if shared:
             raise ConfigError(f"recipe {self.name!r}: set {sorted(shared)} as recipe fields, "
