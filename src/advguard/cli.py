@@ -15,16 +15,9 @@ import yaml
 
 from advguard import __version__
 from advguard.errors import AdvguardError, ConfigError
+from advguard.reports.render import render_table
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _parse_value(text: str) -> Any:
@@ -54,7 +47,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
             where = "not found (see: advguard data info " + name + ")"
         shape = "x".join(str(s) for s in info.image_shape)
         rows.append([name, info.num_classes, shape, where])
-    print(_table(rows, ["dataset", "classes", "shape", "location"]))
+    print(render_table(["dataset", "classes", "shape", "location"], rows))
     return 0
 
 
@@ -97,7 +90,32 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             row += [f"{fc.macs / 1e6:.1f}", f"{fc.params / 1e6:.2f}"]
         rows.append(row)
     header = ["model", "input", "paper"] + (["MMACs", "Mparams"] if args.flops else [])
-    print(_table(rows, header))
+    print(render_table(header, rows))
+    return 0
+
+
+# --------------------------------------------------------------------------- defenses
+def _traits_text(cls: type) -> str:
+    declared = getattr(cls, "declared_traits", lambda: None)()
+    if declared is None:
+        return "from the model and parameters"
+    on = [t for t in ("randomized", "differentiable", "dynamic") if getattr(declared, t)]
+    return ", ".join(on + ([] if declared.differentiable else ["non-differentiable"])
+                     + ([f"output={declared.output}"] if declared.output != "logits" else [])
+                     ) or "deterministic"
+
+
+def cmd_defenses_list(args: argparse.Namespace) -> int:
+    from advguard.defenses import DEFENSES
+    from advguard.defenses.registry import defense_parameters
+
+    rows = []
+    for name in DEFENSES.names(args.pattern):
+        meta = DEFENSES.metadata(name)
+        params = ", ".join(f"{k}={v}" for k, v in defense_parameters(name).items())
+        rows.append([name, meta.get("kind", ""), _traits_text(DEFENSES.get(name)),
+                     meta.get("paper", ""), params])
+    print(render_table(["defense", "kind", "traits", "paper", "parameters"], rows))
     return 0
 
 
@@ -214,7 +232,7 @@ def cmd_experiment_list(args: argparse.Namespace) -> int:
     for name in list_configs("experiments"):
         spec = load_experiment(name)
         rows.append([name, str(len(expand(spec))), spec.description])
-    print(_table(rows, ["experiment", "cells", "description"]))
+    print(render_table(["experiment", "cells", "description"], rows))
     return 0
 
 
@@ -255,7 +273,7 @@ def cmd_configs_list(args: argparse.Namespace) -> int:
         first = next((line[1:].strip() for line in config_path(name).read_text().splitlines()
                       if line.startswith("#")), "")
         rows.append([name, first])
-    print(_table(rows, ["config", "description"]))
+    print(render_table(["config", "description"], rows))
     return 0
 
 
@@ -291,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10, help="classes for --flops (default 10)")
     p.set_defaults(func=cmd_models_list)
     models.set_defaults(func=lambda a: _help(models))
+
+    defenses = sub.add_parser("defenses", help="list the registered defenses",
+                              description="Defenses in the registry: kind, traits, paper and "
+                                          "parameters (the keys of a defense spec).")
+    defenses_sub = defenses.add_subparsers(dest="defenses_command", metavar="SUBCOMMAND")
+    p = defenses_sub.add_parser("list", help="list defenses")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'c*'")
+    p.set_defaults(func=cmd_defenses_list)
+    defenses.set_defaults(func=lambda a: _help(defenses))
 
     configs = sub.add_parser("configs", help="list the configs shipped with advguard",
                              description="Configs shipped with advguard (recipes, paper tables).")

@@ -52,6 +52,7 @@ from typing import Any
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalConfig, EvalSummary, RecordStore, evaluate
 from advguard.evaluation.harness import model_fingerprint
+from advguard.reports.render import render_table as _render
 from advguard.reports.tables import pct
 
 METRICS = ("clean", "clean_worst", "robust")
@@ -314,15 +315,15 @@ def render_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]
             col_keys.append(c)
         values[(r, c)] = None if summary is None else metric_value(summary, table.metric)
     header = ["/".join(table.rows) or "setting", *col_keys]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows: list[list[str]] = []
     for r in row_keys:
         cells = []
         for c in col_keys:
             key = r if not table.cols else f"{r}/{c}"
             paper = table.paper.get(key)
             cells.append(_format(values.get((r, c)), paper) if (r, c) in values else "")
-        lines.append("| " + " | ".join([r, *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([r, *cells])
+    return _render(header, rows, fmt="markdown")
 
 
 def render_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],

@@ -28,6 +28,7 @@ from advguard.configs import config_path
 from advguard.data import first_n, load_dataset
 from advguard.evaluation import EvalConfig, StepSpec, evaluate
 from advguard.reports import pct
+from advguard.reports.render import render_table
 from advguard.training import TrainConfig, train
 
 QUICKSTART_CONFIG = "train/quickstart"
@@ -45,11 +46,7 @@ class QuickstartReport:
     notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        cells = [list(self.header), *self.rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join([*lines, "", *self.notes])
+        return "\n".join([render_table(self.header, self.rows), "", *self.notes])
 
 
 def _evaluations() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:

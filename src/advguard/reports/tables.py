@@ -12,6 +12,7 @@ from typing import Any
 from advguard.evaluation.checks import FLAG_EXPLANATIONS
 from advguard.evaluation.store import RecordStore
 from advguard.evaluation.summary import EvalSummary, summarize
+from advguard.reports.render import render_table
 
 
 def pct(value: float) -> str:
@@ -39,12 +40,6 @@ def _threat(config: dict[str, Any]) -> str:
     eps = float(config.get("eps", 0))
     frac = f" ({eps * 255:.3g}/255)" if config.get("norm") == "linf" else ""
     return f"{config.get('norm', '?')} ε={eps:.4g}{frac}"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def overview_rows(summaries: Sequence[EvalSummary]) -> tuple[list[str], list[list[str]]]:
@@ -88,7 +83,7 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
     if command:
         parts += ["Generated from the record store by:", "", f"    {command}", ""]
     header, rows = overview_rows(summaries)
-    parts += [_md_table(header, rows), ""]
+    parts += [render_table(header, rows, fmt="markdown"), ""]
     parts += ["Clean % is the mean over runs; worst-case robust % counts an example as robust only "
               "if the defense classified it correctly in every run under every attack of the "
               "cascade.", ""]
@@ -103,20 +98,13 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
                      f"{env.get('torch')}, {env.get('device_name')}; {s.seconds:.0f} s")
         parts.append("")
         header, rows = step_rows(s)
-        parts += [_md_table(header, rows), ""]
+        parts += [render_table(header, rows, fmt="markdown"), ""]
         flags = flag_lines(s)
         if flags:
             parts += ["Reliability flags:", ""] + [f"- {line}" for line in flags] + [""]
         else:
             parts += ["Reliability flags: none fired.", ""]
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
@@ -134,13 +122,13 @@ def html_report(summaries: Sequence[EvalSummary], *, title: str = "advguard eval
         parts.append(f"<p>Generated from the record store by <code>{html.escape(command)}</code>"
                      "</p>")
     header, rows = overview_rows(summaries)
-    parts.append(_html_table(header, rows))
+    parts.append(render_table(header, rows, fmt="html"))
     for s in summaries:
         parts.append(f"<h2>{html.escape(s.name)}</h2><p>id <code>{s.eval_id}</code>, defense "
                      f"<code>{html.escape(_defense_name(s.config))}</code>, "
                      f"{html.escape(_threat(s.config))}, n={s.n}, runs={s.runs}</p>")
         header, rows = step_rows(s)
-        parts.append(_html_table(header, rows))
+        parts.append(render_table(header, rows, fmt="html"))
         for line in flag_lines(s):
             parts.append(f"<p class='flag'>{html.escape(line.replace('**', ''))}</p>")
     parts.append("</body></html>")
