@@ -4,6 +4,7 @@ implementation (torchattacks); BPDA and EOT do what they are for; bad inputs fai
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import pytest
@@ -35,6 +36,12 @@ from advguard.errors import (
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+# Skip only when the optional third-party distribution is absent (installed --no-deps by the
+# README command). If it is installed, the tests import it themselves: an error importing it (or
+# anything of ours, imported above unconditionally) fails them instead of skipping them.
+needs_torchattacks = pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None,
+                                        reason="torchattacks is not installed")
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -148,9 +155,10 @@ def test_pgd_restarts_never_weaker_than_one_restart(fmnist_model: nn.Module,
 
 
 # --------------------------------------------------------------------------- independent check
+@needs_torchattacks
 def test_pgd_matches_torchattacks_exactly_without_random_start(fmnist_model: nn.Module,
                                                                fmnist_batch: Batch) -> None:
-    torchattacks = pytest.importorskip("torchattacks")  # installed --no-deps by the README command
+    import torchattacks
     x, y = fmnist_batch
     ours = PGD(eps=0.1, alpha=0.01, steps=10, random_start=False)(fmnist_model, x, y).adv
     theirs = torchattacks.PGD(fmnist_model, eps=0.1, alpha=0.01, steps=10,
@@ -162,11 +170,12 @@ def test_pgd_matches_torchattacks_exactly_without_random_start(fmnist_model: nn.
                                                             abs=0.01)
 
 
+@needs_torchattacks
 @pytest.mark.parametrize(("norm", "eps", "alpha"), [("linf", 0.05, 0.01), ("l2", 1.0, 0.25)])
 def test_pgd_strength_matches_torchattacks_with_random_start(
         norm: str, eps: float, alpha: float, fmnist_model: nn.Module, fmnist_batch: Batch) -> None:
     """Tolerance: 4 points of robust accuracy on 200 examples (random starts differ)."""
-    torchattacks = pytest.importorskip("torchattacks")
+    import torchattacks
     x, y = fmnist_batch
     ours = PGD(eps=eps, norm=norm, alpha=alpha, steps=20)(  # type: ignore[arg-type]
         fmnist_model, x, y, generator=torch.Generator().manual_seed(0)).adv

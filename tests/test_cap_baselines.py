@@ -12,11 +12,12 @@ from torch import nn
 from advguard.data import ImageDataset, load_dataset
 from advguard.defenses import (
     DEFENSES,
+    GaussianNoise,
     GuoCropRescale,
     MixupInference,
     Pipeline,
     RandomRotation,
-    Transform,
+    Traits,
     XiePadding,
     build_defense,
 )
@@ -194,10 +195,19 @@ def test_paper_combinations_compose() -> None:
     model = _Linear()
     noise_guo = build_defense({"name": "averaged", "n": 5, "defense": {
         "name": "pipeline", "steps": [{"name": "gaussian_noise", "sigma": 0.05},
-                                      {"name": "guo", "size": [1, 2]}]}}, model)
+                                      {"name": "guo", "size": [1, 2]}]}}, model, seed=1)
     inner = noise_guo.defense
-    assert isinstance(inner, Pipeline)
-    assert [type(t).__name__ for t in inner.transforms()] == ["GaussianNoise", "GuoCropRescale"]
-    assert all(isinstance(t, Transform) for t in inner.transforms())
-    out = noise_guo(torch.rand(3, 1, 2, 2))
-    assert out.shape == (3, 3)
+    assert isinstance(inner, Pipeline) and noise_guo.n == 5
+    noise, guo = inner.transforms()
+    assert (type(noise), noise.sigma) == (GaussianNoise, 0.05)
+    assert (type(guo), guo.size) == (GuoCropRescale, (1, 2))
+    assert noise_guo.traits == Traits(randomized=True)  # both differentiable given the draw
+    x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = noise_guo(x)
+        # log of the mean softmax of 5 executions of noise-then-Guo (one stacked forward)
+        noise_guo.reseed(1)
+        draws = inner(x.repeat(5, 1, 1, 1)).softmax(1).view(5, 3, 3)
+    assert torch.allclose(out, draws.mean(0).log(), atol=1e-6)
+    assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
+    assert not torch.allclose(draws[0], draws[1])  # the executions are independent draws

@@ -36,12 +36,29 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["train", "--help"], ["data", "list", "--help"],
-                 ["models", "list", "--help"], ["quickstart", "--help"]):
+    """Every command and subcommand of the real parser, found by walking its subparsers."""
+    import argparse
+
+    from advguard.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+                 ) -> list[tuple[str, ...]]:
+        found = [path]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += commands(sub, (*path, name))
+        return found
+
+    every = commands(build_parser())
+    assert ("data", "list") in every and ("train",) in every  # the walk reaches subcommands
+    for path in every:
         with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 0
-        assert "usage: advguard" in capsys.readouterr().out
+            main([*path, "--help"])
+        assert exc.value.code == 0, path
+        out, err = capsys.readouterr()
+        assert out.split()[: len(path) + 2] == ["usage:", "advguard", *path], out[:80]
+        assert err == ""
 
 
 def test_train_command_writes_a_checkpoint(tmp_path: Path,

@@ -135,7 +135,9 @@ def test_dynamic_defense_works_under_no_grad_and_inside_attacks() -> None:
     assert out.shape == (6, 5) and out.grad_fn is None
     y = out.argmax(1)
     result = PGD(eps=0.2, steps=3)(defense, x, y, generator=torch.Generator().manual_seed(0))
-    assert result.adv.shape == x.shape
+    assert result.adv.shape == x.shape and not torch.equal(result.adv, x)  # the attack moved
+    assert float((result.adv - x).abs().max()) <= 0.2 + 1e-6
+    assert float(result.adv.min()) >= 0 and float(result.adv.max()) <= 1
     assert all(p.grad is None for p in model.parameters())  # nothing leaked into .grad
     # Inside a graph the inner gradient is differentiable (double backprop).
     xg = x.clone().requires_grad_(True)
@@ -145,14 +147,28 @@ def test_dynamic_defense_works_under_no_grad_and_inside_attacks() -> None:
 
 def test_build_defense_from_specs() -> None:
     model = _linear()
-    assert isinstance(build_defense({"name": "none"}, model), Undefended)
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    none = build_defense({"name": "none"}, model)
+    assert type(none) is Undefended and none.base_model is model and none.traits == Traits()
     d = build_defense({"name": "bit_depth", "bits": 3}, model)
-    assert isinstance(d, Pipeline) and d.traits.differentiable is False
+    assert [(type(t), t.bits) for t in d.transforms()] == [(BitDepthReduction, 3)]
+    assert d.traits == Traits(differentiable=False) and d.base_model is model
+    with torch.no_grad():
+        assert torch.equal(none(x), model(x))  # the model itself, unchanged
+        assert torch.equal(d(x), model(torch.round(x * 7) / 7))  # 3 bits: 8 levels, then model
     p = build_defense({"name": "pipeline", "steps": [{"name": "gaussian_noise", "sigma": 0.1},
                                                      {"name": "bit_depth"}]}, model, seed=3)
     assert p.traits == Traits(randomized=True, differentiable=False)
     a = build_defense({"name": "averaged", "n": 3, "defense": {"name": "gaussian_noise"}}, model)
-    assert isinstance(a, Averaged) and a.n == 3
+    assert isinstance(a, Averaged) and a.n == 3 and a.traits == Traits(randomized=True)
+    assert [(type(t), t.sigma) for t in a.transforms()] == [(GaussianNoise, 0.1)]  # the default
+    with torch.no_grad():
+        out = a(x)
+        assert torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)  # log-probabilities
+        # without noise every execution is the model: the average is its softmax
+        clean = build_defense({"name": "averaged", "n": 3,
+                               "defense": {"name": "gaussian_noise", "sigma": 0.0}}, model)
+        assert torch.allclose(clean(x), model(x).log_softmax(1), atol=1e-6)
     with pytest.raises(UnknownNameError, match="did you mean 'bit_depth'"):
         build_defense({"name": "bitdepth"}, model)
     with pytest.raises(ConfigError, match="unknown parameter 'bitz' for defense 'bit_depth'; "

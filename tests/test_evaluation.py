@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,11 +88,16 @@ def test_randomized_defense_runs_and_worst_case(tmp_path: Path, fmnist_model: nn
 
 
 _KILL_SCRIPT = """
-import sys, torch
+import os, signal, sys, torch
 torch.set_num_threads(1)
 from advguard.evaluation import EvalConfig, evaluate
-config = EvalConfig.from_file(sys.argv[1])
-evaluate(config, store=sys.argv[2], progress=False)
+
+def kill_after_chunk_1(chunk):  # chunks 0 and 1 are committed: die before chunk 2 starts
+    if chunk == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+evaluate(EvalConfig.from_file(sys.argv[1]), store=sys.argv[2], progress=False,
+         on_chunk=kill_after_chunk_1)
 """
 
 
@@ -107,39 +111,45 @@ def _records(path: Path, eval_id: str) -> tuple[list[tuple], list[tuple]]:
     return ex, out
 
 
-def test_kill_9_and_resume_gives_identical_records(tmp_path: Path, fmnist_model: nn.Module
-                                                   ) -> None:
+def test_kill_9_after_a_committed_chunk_and_resume_gives_identical_records(
+        tmp_path: Path, fmnist_model: nn.Module) -> None:
+    """The evaluation kills itself (SIGKILL, no cleanup) right after its 2nd chunk commits."""
     ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
-        f"model: {ckpt}\nn: 160\nbatch_size: 20\neps: 0.05\nruns: 2\nchecks: false\n"
+        f"model: {ckpt}\nn: 60\nbatch_size: 20\neps: 0.05\nruns: 2\nchecks: false\n"
         "device: cpu\ndefense: {name: gaussian_noise, sigma: 0.1}\n"
-        "steps:\n  - {setting: adaptive, attack: pgd, steps: 15, alpha: 0.005, eot: 3}\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    killed = tmp_path / "killed.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(cfg), str(killed)], env=env)
-    deadline = time.time() + 300
-    done_at_kill = 0
-    while time.time() < deadline and proc.poll() is None:
-        if killed.exists():
-            try:
-                db = sqlite3.connect(str(killed), timeout=1)
-                done_at_kill = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-                db.close()
-            except sqlite3.OperationalError:
-                done_at_kill = 0
-            if done_at_kill >= 2:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the evaluation finished before it could be killed"
-    assert 2 <= done_at_kill < 8
+        "steps:\n  - {setting: adaptive, attack: pgd, steps: 5, alpha: 0.02, eot: 2}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    killed, fresh_path = tmp_path / "killed.sqlite", tmp_path / "fresh.sqlite"
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(cfg), str(killed)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     config = EvalConfig.from_file(cfg)
-    resumed = evaluate(config, store=killed, progress=False)
-    fresh = evaluate(config, store=tmp_path / "fresh.sqlite", progress=False)
+    fresh = evaluate(config, store=fresh_path, progress=False)
+    # The killed store holds exactly the two committed chunks, as the uninterrupted run has them.
+    db = sqlite3.connect(str(killed))
+    chunks = {r[0] for r in db.execute("SELECT chunk FROM chunks WHERE eval_id=?",
+                                       (fresh.eval_id,))}
+    example_chunks = {r[0] for r in db.execute("SELECT chunk FROM examples WHERE eval_id=?",
+                                               (fresh.eval_id,))}
+    (status,) = db.execute("SELECT status FROM evaluations WHERE id=?",
+                           (fresh.eval_id,)).fetchone()
+    db.close()
+    assert chunks == example_chunks == {0, 1} and status != "complete"
+    ex_killed, out_killed = _records(killed, fresh.eval_id)
+    ex_fresh, out_fresh = _records(fresh_path, fresh.eval_id)
+    kept = {e[0] for e in ex_killed}
+    assert len(kept) == 40
+    assert ex_killed == [e for e in ex_fresh if e[0] in kept]
+    assert out_killed == [o for o in out_fresh if o[0] in kept] != []
+    # A re-run computes only the missing chunk and ends with the uninterrupted run's records.
+    computed: list[int] = []
+    resumed = evaluate(config, store=killed, progress=False, on_chunk=computed.append)
+    assert computed == [2]
     assert resumed.eval_id == fresh.eval_id
-    assert _records(killed, resumed.eval_id) == _records(tmp_path / "fresh.sqlite", fresh.eval_id)
+    assert _records(killed, resumed.eval_id) == (ex_fresh, out_fresh)
     assert resumed.robust_acc == fresh.robust_acc and resumed.complete
 
 
@@ -187,7 +197,7 @@ def test_reports_are_generated_from_records(tmp_path: Path, fmnist_model: nn.Mod
 def test_eval_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eps must be"):
         EvalConfig(eps=-1)
-    with pytest.raises(ConfigError, match="unknown evaluation config key"):
+    with pytest.raises(ConfigError, match="evaluation config: unknown key"):
         EvalConfig.from_dict({"epsilon": 0.1})
     with pytest.raises(ConfigError, match="'setting' and 'attack'"):
         StepSpec.from_dict({"attack": "pgd"})

@@ -12,12 +12,13 @@ from advguard.checkpoint import save_checkpoint
 from advguard.errors import ConfigError
 from advguard.evaluation import RecordStore, summarize
 from advguard.experiments import (
-    ExperimentSpec,
+    EXPERIMENT_KINDS,
+    GridExperiment,
+    SweepExperiment,
     expand,
-    experiment_report,
+    list_experiments,
     load_experiment,
     merge,
-    run_experiment,
 )
 
 
@@ -29,7 +30,7 @@ def test_merge_is_deep_and_supports_dotted_keys() -> None:
     assert base["defense"]["n_labels"] == 9  # the base is not modified
 
 
-def _spec(tmp_path: Path, model_path: Path) -> ExperimentSpec:
+def _spec(tmp_path: Path, model_path: Path) -> GridExperiment:
     data = {
         "experiment": "tiny",
         "store": str(tmp_path / "tiny.sqlite"),
@@ -50,7 +51,9 @@ def _spec(tmp_path: Path, model_path: Path) -> ExperimentSpec:
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_experiment(path)
+    spec = load_experiment(path)
+    assert isinstance(spec, GridExperiment)
+    return spec
 
 
 def test_grid_expansion(tmp_path: Path) -> None:
@@ -66,11 +69,11 @@ def test_grid_expansion(tmp_path: Path) -> None:
 def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) -> None:
     ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
     spec = _spec(tmp_path, ckpt)
-    empty = experiment_report(spec)
+    empty = spec.report()
     assert "0/3 cells evaluated" in empty and "—" in empty
-    summaries = run_experiment(spec, progress=False)
+    summaries = spec.evaluate(progress=False)
     assert len(summaries) == 3
-    report = experiment_report(spec, plots_dir=tmp_path / "plots")
+    report = spec.report(plots_dir=tmp_path / "plots")
     assert "3/3 cells evaluated" in report
     by_name = {s.name: s for s in summaries}
     none_01 = by_name["tiny:none/0.1"]
@@ -87,10 +90,191 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
 
 def test_bad_experiment_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown axis"):
-        ExperimentSpec.from_dict({"experiment": "x", "axes": {"a": {"1": {}}},
+        GridExperiment.from_dict({"experiment": "x", "axes": {"a": {"1": {}}},
                                   "tables": [{"title": "t", "rows": ["b"]}]})
     with pytest.raises(ConfigError, match="unknown metric"):
-        ExperimentSpec.from_dict({"experiment": "x", "axes": {"a": {"1": {}}},
+        GridExperiment.from_dict({"experiment": "x", "axes": {"a": {"1": {}}},
                                   "tables": [{"title": "t", "rows": ["a"], "metric": "auc"}]})
-    with pytest.raises(ConfigError, match="unknown experiment key"):
-        ExperimentSpec.from_dict({"experiment": "x", "axis": {}})
+    with pytest.raises(ConfigError, match="'axis' \\(did you mean 'axes'\\?\\)"):
+        GridExperiment.from_dict({"experiment": "x", "axis": {}})
+    with pytest.raises(ConfigError, match="needs an 'experiment' name"):
+        GridExperiment.from_dict({"axes": {}})
+    with pytest.raises(ConfigError,
+                       match=r"experiment 'x', table: unknown key.*'row' \(did you mean 'rows'"):
+        GridExperiment.from_dict({"experiment": "x", "tables": [{"title": "t", "row": ["a"]}]})
+    path = tmp_path / "kind.yaml"
+    path.write_text("experiment: x\nkind: swep\n")
+    with pytest.raises(ConfigError, match="unknown experiment kind 'swep'; did you mean 'sweep'"):
+        load_experiment(path)
+    path.write_text("experiment: x\nkind: sweep\nmodels: {a: m.safetensors}\nsigmas: [0.1]\n"
+                    "votes: [majority]\n")
+    with pytest.raises(ConfigError, match="votes must be in"):
+        load_experiment(path)
+
+
+# --------------------------------------------------------------------------- shipped files
+@pytest.mark.parametrize("name", list_experiments())
+def test_every_shipped_experiment_loads_and_its_paper_numbers_name_cells(name: str) -> None:
+    spec = load_experiment(name)
+    assert spec.kind in EXPERIMENT_KINDS.names()
+    assert isinstance(spec, EXPERIMENT_KINDS.get(spec.kind))
+    cells = spec.cells()
+    assert cells and len(set(cells)) == len(cells)  # cell names are unique: --only can pick one
+    assert spec.paper_keys() == {}, "paper numbers that name no cell of their table"
+    assert spec.command.endswith(spec.path_name())  # the written command runs this very file
+
+
+def test_paper_keys_flag_numbers_for_missing_cells(tmp_path: Path) -> None:
+    spec = GridExperiment.from_dict({
+        "experiment": "x", "base": {"model": "m.safetensors", "dataset": "fashion-mnist-sample"},
+        "axes": {"a": {"1": {}, "2": {}}, "b": {"u": {}, "v": {}}},
+        "exclude": [{"a": "2", "b": "v"}],
+        "tables": [{"title": "t", "rows": ["a"], "cols": ["b"],
+                    "paper": {"1/u": 1.0, "2/v": 2.0, "3/u": 3.0}}]})
+    assert spec.paper_keys() == {"t": ["2/v", "3/u"]}
+
+
+def test_shipped_smooth_experiments_compose_with_the_harness() -> None:
+    from advguard.defenses import Smoothed, build_defense
+    from advguard.evaluation.settings import prepare_step
+    from advguard.models import create_model
+
+    names = [n for n in list_experiments() if n.startswith("experiments/smooth")]
+    grids = [s for s in map(load_experiment, names) if isinstance(s, GridExperiment)]
+    assert len(grids) >= 2
+    model = create_model("lenet5", in_channels=1).eval()
+    for spec in grids:
+        for cell in expand(spec):
+            cfg = cell.config
+            defense = build_defense(cfg.defense, model)
+            assert isinstance(defense, Smoothed)
+            assert (defense.m, defense.sigma) == (cfg.defense["m"], cfg.defense["sigma"])
+            for step in cfg.steps:
+                prepare_step(step, defense, norm=cfg.norm, eps=cfg.eps, load_model=lambda _: model)
+
+
+SELECTION = Path(__file__).parents[1] / "docs/results/smooth_scale_s_sweep_selection.json"
+
+
+def _chosen() -> dict[tuple[str, str], tuple[float, int]]:
+    import json
+
+    return {(c["model"], c["vote"]): (c["sigma"], c["m"])
+            for c in json.loads(SELECTION.read_text())["choices"]}
+
+
+def test_scale_s_experiment_uses_the_validation_choice() -> None:
+    """The committed Scale S evaluation evaluates, for every (base, vote), the setting the sweep
+    chose on validation data (docs/results/smooth_scale_s_sweep_selection.json)."""
+    chosen = _chosen()
+    sweep = load_experiment("experiments/smooth_fmnist_sweep")
+    assert isinstance(sweep, SweepExperiment)
+    assert {m for m, _ in chosen} == set(sweep.models) and {v for _, v in chosen} == set(
+        sweep.votes)
+    covered = set()
+    for cell in expand(load_experiment("experiments/smooth_fmnist")):
+        model, _, votes = cell.labels["config"].partition(" ")
+        spec = cell.config.defense
+        if spec.get("m", 1) == 1 and spec.get("sigma", 0.0) == 0.0:
+            continue  # the base without smoothing
+        for vote in votes.split(" (")[0].split("/"):  # "prediction/soft (m = 1: ...)": merged
+            if vote == "all votes":
+                matching = [k for k in chosen if k[0] == model]
+            else:
+                matching = [(model, vote)]
+            for key in matching:
+                assert (spec["sigma"], spec["m"]) == chosen[key], (cell.labels, key)
+                covered.add(key)
+    assert covered == set(chosen)
+
+
+def test_blackbox_experiment_uses_the_validation_choice() -> None:
+    chosen = _chosen()
+    cells = expand(load_experiment("experiments/smooth_fmnist_blackbox"))
+    assert cells
+    for cell in cells:
+        model, _, vote = cell.labels["config"].partition(" ")
+        spec = cell.config.defense
+        assert (spec["sigma"], spec["m"]) == chosen[(model, vote)]
+        assert spec["vote"] == vote
+
+
+# --------------------------------------------------------------------------- sweeps
+def _sweep_file(tmp_path: Path, model: Path, **changes: object) -> Path:
+    data = {"experiment": "tiny-sweep", "kind": "sweep", "models": {"lenet": str(model)},
+            "sigmas": [0.0, 0.1], "ms": [1, 4], "dataset": "fashion-mnist-sample",
+            "val_size": 500, "n_val": 20, "n_test": 30, "attack": {"name": "pgd", "steps": 2},
+            "store": str(tmp_path / "sweep.sqlite"), "device": "cpu", **changes}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_sweep_runs_resumes_and_reports_through_the_store_and_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from advguard.cli import main
+    from advguard.experiments.sweep import load_points, selection_dict
+    from advguard.training import TrainConfig, train
+
+    out = tmp_path / "model"
+    train(TrainConfig(dataset="fashion-mnist-sample", model="lenet5", epochs=1, lr=0.05,
+                      schedule="onecycle", augment="none", device="cpu", val_size=500,
+                      test_size=0, seed=0), output_dir=out, progress=False)
+    path = _sweep_file(tmp_path, out / "model.safetensors")
+    spec = load_experiment(path)
+    assert isinstance(spec, SweepExperiment)
+    assert spec.cells() == ["val/lenet/sigma=0", "val/lenet/sigma=0.1", "test/lenet/sigma=0",
+                            "test/lenet/sigma=0.1"]
+    spec.run(only="val/*", progress=False)
+    with RecordStore(spec.store) as store:
+        assert [u.unit for u in store.units("tiny-sweep")] == ["val/lenet/sigma=0",
+                                                               "val/lenet/sigma=0.1"]
+    assert main(["experiment", "run", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    with RecordStore(spec.store) as store:
+        units = store.units("tiny-sweep")
+    assert len(units) == 4 and all(u.seconds > 0 for u in units)
+    first = {u.unit: u.result for u in units}
+    spec.run(progress=False)  # resumes: nothing left to do, nothing recomputed
+    with RecordStore(spec.store) as store:
+        assert {u.unit: u.result for u in store.units("tiny-sweep")} == first
+    points = load_points(spec)
+    # 2 splits x 2 sigmas x 2 kinds x 3 votes x 2 ms
+    assert len(points) == 48 and all(0.0 <= p.acc <= 1.0 for p in points)
+    assert {c["vote"] for c in selection_dict(spec)["choices"]} == set(spec.votes)
+    report = tmp_path / "doc" / "sweep.md"
+    assert main(["experiment", "report", str(path), "--output", str(report)]) == 0
+    text = report.read_text()
+    assert "Validation-chosen setting" in text and "advguard experiment run" in text
+    assert (tmp_path / "doc" / "tiny-sweep_m.png").stat().st_size > 1000
+    written = json.loads((tmp_path / "doc" / "sweep_selection.json").read_text())
+    assert written == selection_dict(spec)
+    # the m=1, sigma=0 test accuracy in the report is the stored one
+    base = next(p for p in points if (p.split, p.sigma, p.m, p.kind, p.vote)
+                == ("test", 0.0, 1, "clean", "prediction"))
+    assert f"| {100 * base.acc:.1f} |" in text
+
+
+def test_sweep_refuses_models_trained_on_its_validation_split(tmp_path: Path) -> None:
+    from advguard.training import TrainConfig, train
+
+    out = tmp_path / "model"
+    train(TrainConfig(dataset="fashion-mnist-sample", model="lenet5", epochs=1, lr=0.05,
+                      augment="none", device="cpu", val_size=400, test_size=0, seed=0),
+          output_dir=out, progress=False)
+    spec = load_experiment(_sweep_file(tmp_path, out / "model.safetensors"))
+    with pytest.raises(ConfigError, match="not trained with val_size=500"):
+        spec.run(only="val/*", progress=False)
+    spec.run(only="test/*", progress=False)  # the test split does not need held-out data
+
+
+@pytest.mark.parametrize("name", ["experiments/smooth_fmnist_sweep",
+                                  "experiments/smooth_cifar10_sweep"])
+def test_shipped_sweeps_choose_on_validation_only(name: str) -> None:
+    spec = load_experiment(name)
+    assert isinstance(spec, SweepExperiment)
+    assert max(spec.ms) == 512 and spec.val_ms is not None and set(spec.val_ms) <= set(spec.ms)
+    assert spec.train and {t.output + "/model.safetensors" for t in spec.train} == set(
+        spec.models.values())

@@ -265,8 +265,13 @@ def test_invalid_arguments(name: str, kwargs: dict[str, Any], match: str) -> Non
 
 def test_smallest_supported_sizes_work() -> None:
     for name, size in (("lenet5", 12), ("smallcnn", 16), ("vgg_small", 16)):
-        out = create_model(name, input_size=size).eval()(torch.rand(1, 3, size, size))
-        assert out.shape == (1, 10)
+        model = create_model(name, input_size=size).eval()
+        break_zero_init(model)
+        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (2, 10) and bool(torch.isfinite(out).all()), name
+        assert not torch.allclose(out[0], out[1]), name  # the input still reaches the logits
 
 
 def test_model_spec_validation() -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advguard.configs import config_path, list_configs
+from advguard.configs import config_path, list_configs, read_yaml
 from advguard.errors import ConfigError
 from advguard.models.noise import NoiseSpec
 from advguard.rng import rng_states
@@ -22,7 +22,6 @@ from advguard.training import (
     RECIPES,
     STATE_FILE,
     TrainConfig,
-    load_yaml,
     make_recipe,
     make_schedule,
     train,
@@ -444,7 +443,7 @@ def test_shipped_train_configs_are_valid_and_documented(name: str) -> None:
     make_recipe(config.recipe, **config.recipe_kwargs)
     if "noise" in config.model_kwargs:
         NoiseSpec.from_dict(config.model_kwargs["noise"])
-    assert load_yaml(path)["train"]
+    assert read_yaml(path)["train"]
 
 
 def test_paper_base_model_configs_exist() -> None:

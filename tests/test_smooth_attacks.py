@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from advguard.attacks import EPGD, PGD, NAttack, SmoothAdv, input_gradient, make_attack
@@ -122,5 +123,11 @@ def test_input_gradient_through_epgd_wrapper_touches_no_parameters() -> None:
     SmoothAdv(eps=0.1, steps=2, m=3, sigma=0.1)(model, x, y,
                                                 generator=torch.Generator().manual_seed(0))
     assert all(p.grad is None for p in model.parameters())
-    _, grad = input_gradient(model, x, y, None, get_loss("ce"))
-    assert grad.shape == x.shape
+    with torch.no_grad():  # works under no_grad, as attacks call it
+        values, grad = input_gradient(model, x, y, None, get_loss("ce"))
+    assert all(p.grad is None for p in model.parameters())
+    xg = x.clone().requires_grad_(True)
+    ce = F.cross_entropy(model(xg), y, reduction="none")
+    (want,) = torch.autograd.grad(ce.sum(), xg)
+    assert torch.allclose(values, ce.detach()) and torch.allclose(grad, want)
+    assert float(grad.abs().max()) > 0

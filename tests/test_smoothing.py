@@ -5,7 +5,6 @@ abstention, the registry, and noise-injected (PNI) base models."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from statistics import NormalDist
 
 import pytest
@@ -19,7 +18,6 @@ from advguard.defenses.smoothing import (
     clopper_pearson,
     vote_scores,
 )
-from advguard.errors import ConfigError
 from advguard.rng import draw_chunks, draws_per_copy, stacked_copies
 
 # Four draws of a 3-class model on one example (logits), and what each vote makes of them.
@@ -252,9 +250,29 @@ def test_registered_and_built_from_a_spec() -> None:
         Smoothed(_linear(), m=0)
 
 
+def test_smoothing_a_defense_keeps_its_traits_and_uses_its_surrogate() -> None:
+    """A vote over a non-differentiable defense is not differentiable (its exact gradient is
+    zero), and its BPDA path goes through the defense's own surrogate; dynamic carries over."""
+    from advguard.defenses import CAP, build_defense
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(196, 5)).eval()
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    soft = Smoothed(build_defense({"name": "bit_depth", "bits": 2}, model), m=3, vote="soft")
+    assert not soft.traits.differentiable and soft.traits.output == "probs"
+    exact = torch.autograd.grad(soft(x).log().sum(), x)[0]
+    assert exact.abs().max() == 0  # rounding: the true gradient is zero
+    surrogate = soft.forward_bpda(x)
+    grad = torch.autograd.grad(surrogate.log().sum(), x)[0]
+    assert torch.isfinite(grad).all() and grad.abs().max() > 0
+    with torch.no_grad():
+        assert torch.allclose(surrogate, soft(x), atol=1e-6)  # same value as the vote
+    assert Smoothed(CAP(model, n_labels=2), m=2, sigma=0.1, vote="soft").traits.dynamic
+    assert Smoothed(model, m=2, sigma=0.1, vote="soft").traits.differentiable
+
+
 def test_smoothing_a_pipeline_and_a_pni_model() -> None:
-    noise = pytest.importorskip("advguard.models.noise")
-    from advguard.models import create_model
+    from advguard.models import create_model, noise
 
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     pni = noise.inject_noise(create_model("lenet5", in_channels=1), {"kind": "pni"}, seed=0).eval()
@@ -270,7 +288,7 @@ def test_smoothing_a_pipeline_and_a_pni_model() -> None:
 
 # --------------------------------------------------------------------------- sweeps
 def test_the_first_m_of_shared_draws_are_the_m_draw_classifier() -> None:
-    from advguard.smoothing_sweep import cumulative_correct
+    from advguard.experiments.sweep import cumulative_correct
 
     x, y = _x(), torch.tensor([0, 1, 2, 3, 0, 1])
     for vote in ("prediction", "weighted", "soft"):
@@ -289,7 +307,7 @@ def test_the_first_m_of_shared_draws_are_the_m_draw_classifier() -> None:
 
 
 def test_selection_prefers_the_best_then_the_fewest_draws() -> None:
-    from advguard.smoothing_sweep import Point, select_setting
+    from advguard.experiments.sweep import Point, select_setting
 
     def pts(sigma: float, m: int, clean: float, paper: float) -> list[Point]:
         return [Point("val", "A", sigma, "clean", "soft", m, clean, 100),
@@ -304,81 +322,6 @@ def test_selection_prefers_the_best_then_the_fewest_draws() -> None:
     assert (strict.sigma, strict.m) == (0.2, 512)
 
 
-def test_sweep_runs_resumes_and_reports(tmp_path: Path) -> None:
-    from advguard.smoothing_sweep import SweepConfig, run_sweep, selection_dict, sweep_report
-    from advguard.training import TrainConfig, train
-
-    out = tmp_path / "model"
-    train(TrainConfig(dataset="fashion-mnist-sample", model="lenet5", epochs=1, lr=0.05,
-                      schedule="onecycle", augment="none", device="cpu", val_size=500,
-                      test_size=0, seed=0), output_dir=out, progress=False)
-    config = SweepConfig(name="tiny", models={"lenet": str(out / "model.safetensors")},
-                         sigmas=(0.0, 0.1), ms=(1, 4), dataset="fashion-mnist-sample",
-                         val_size=500, n_val=20, n_test=30, attack={"name": "pgd", "steps": 2},
-                         records=str(tmp_path / "sweep.jsonl"))
-    run_sweep(config, progress=False)
-    lines = (tmp_path / "sweep.jsonl").read_text().splitlines()
-    assert len(lines) == 4  # (val, test) x 2 sigmas
-    run_sweep(config, progress=False)  # resumes: nothing left to do
-    assert len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 4
-    assert {c["vote"] for c in selection_dict(config)["choices"]} == set(config.votes)
-    text = sweep_report(config, plots_dir=tmp_path)
-    assert "Validation-chosen setting" in text and (tmp_path / "smooth_scale_s_m.png").is_file()
-    bad = SweepConfig(**{**config.__dict__, "val_size": 400})
-    with pytest.raises(ConfigError, match="not trained with val_size=400"):
-        run_sweep(bad, splits=["val"], progress=False)
-
-
-@pytest.mark.parametrize("name", ["smooth/fmnist_sweep", "smooth/cifar10_sweep"])
-def test_shipped_sweeps_load(name: str) -> None:
-    from advguard.smoothing_sweep import SweepConfig
-
-    config = SweepConfig.from_file(name)
-    assert max(config.ms) == 512 and config.val_ms is not None
-    assert set(config.val_ms) <= set(config.ms)
-
-
-def test_shipped_smooth_experiments_compose_with_the_harness() -> None:
-    from advguard.configs import list_configs
-    from advguard.evaluation.settings import prepare_step
-    from advguard.experiments import expand, load_experiment
-    from advguard.models import create_model
-
-    names = [n for n in list_configs("experiments") if n.startswith("experiments/smooth")]
-    assert names
-    model = create_model("lenet5", in_channels=1).eval()
-    for name in names:
-        for cell in expand(load_experiment(name)):
-            cfg = cell.config
-            defense = build_defense(cfg.defense, model)
-            assert isinstance(defense, Smoothed)
-            for step in cfg.steps:
-                prepare_step(step, defense, norm=cfg.norm, eps=cfg.eps, load_model=lambda _: model)
-
-
-def test_scale_s_experiment_uses_the_validation_choice() -> None:
-    """The committed Scale S evaluation must evaluate the setting chosen on validation data."""
-    import json
-
-    from advguard.experiments import expand, load_experiment
-
-    selection = Path(__file__).parents[1] / "docs/results/smooth_scale_s_sweep_selection.json"
-    if not selection.is_file():
-        pytest.skip("no Scale S selection committed yet")
-    chosen = {(c["model"], c["vote"]): (c["sigma"], c["m"])
-              for c in json.loads(selection.read_text())["choices"]}
-    checked = 0
-    for cell in expand(load_experiment("experiments/smooth_fmnist")):
-        model, _, votes = cell.labels["config"].partition(" ")
-        spec = cell.config.defense
-        for vote in votes.split(" (")[0].split("/"):  # "prediction/soft (m = 1: ...)": merged
-            if (model, vote) in chosen:
-                assert (spec["sigma"], spec["m"]) == chosen[(model, vote)]
-                checked += 1
-    assert checked == len(chosen)
-
-
-# --------------------------------------------------------------------------- batched weight noise
 @pytest.mark.parametrize(("name", "spec"), [
     ("smallcnn", {"kind": "pni"}), ("lenet5", {"kind": "cni", "rank": 2})])
 def test_weight_noise_models_batch_their_draws_exactly(name: str, spec: dict[str, object]

@@ -215,6 +215,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
             from None
     model.to(device).eval()
     meta = _decode(header.get("metadata", {}), {})
+    if isinstance(meta.get("dataset"), str):  # what it was trained on, for resource checks
+        model.dataset_name = meta["dataset"]  # (advguard.defenses.resources.input_facts)
     return LoadedCheckpoint(model, {"model": header["model"], **meta})
 
 

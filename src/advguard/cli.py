@@ -5,7 +5,6 @@ library functions (house rule 9). Every command has ``--help``; user errors prin
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,20 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = _parse_value(value)
     return out
+
+
+def _emit(text: str, output: str | None, extra: dict[Path, str] | None = None) -> None:
+    """Write ``text`` to ``output`` (and the ``extra`` files beside it), or print it."""
+    if not output:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    for path, content in (extra or {}).items():
+        path.write_text(content)
+        print(f"wrote {path}")
+    print(f"wrote {out}")
 
 
 # --------------------------------------------------------------------------- data
@@ -214,54 +227,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     with RecordStore(args.store) as store:
         summaries = load_summaries(store, args.ids)
     render = html_report if args.format == "html" else markdown_report
-    text = render(summaries, title=args.title, command=command)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
+    _emit(render(summaries, title=args.title, command=command), args.output)
     return 0
 
 
 def cmd_experiment_list(args: argparse.Namespace) -> int:
-    from advguard.configs import list_configs
-    from advguard.experiments import expand, load_experiment
+    from advguard.experiments import list_experiments, load_experiment
 
     rows = []
-    for name in list_configs("experiments"):
+    for name in list_experiments():
         spec = load_experiment(name)
-        rows.append([name, str(len(expand(spec))), spec.description])
-    print(render_table(["experiment", "cells", "description"], rows))
+        rows.append([name, spec.kind, str(len(spec.cells())), _first_sentence(spec.description)])
+    print(render_table(["experiment", "kind", "cells", "description"], rows))
     return 0
 
 
 def cmd_experiment_run(args: argparse.Namespace) -> int:
-    from advguard.experiments import expand, experiment_report, load_experiment, run_experiment
+    from advguard.experiments import load_experiment
 
     spec = load_experiment(args.name)
     if args.dry_run:
-        for cell in expand(spec):
-            if not args.only or fnmatch.fnmatch(cell.config.name, args.only):
-                print(cell.config.name)
+        for cell in spec.selected(args.only):
+            print(cell)
         return 0
-    run_experiment(spec, only=args.only, progress=not args.quiet, device=args.device)
-    print(experiment_report(spec))
+    if args.only and not spec.selected(args.only):
+        raise ConfigError(f"--only {args.only!r} matches none of the {len(spec.cells())} cells "
+                          f"(see: advguard experiment run {args.name} --dry-run)")
+    spec.run(only=args.only, progress=not args.quiet, device=args.device)
+    print(spec.report())
     return 0
 
 
 def cmd_experiment_report(args: argparse.Namespace) -> int:
-    from advguard.experiments import experiment_report, load_experiment
+    from advguard.experiments import load_experiment
 
     spec = load_experiment(args.name)
     plots = args.plots or (str(Path(args.output).parent) if args.output else None)
-    text = experiment_report(spec, plots_dir=plots)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
+    text = spec.report(plots_dir=plots)
+    _emit(text, args.output, spec.artifacts(Path(args.output)) if args.output else {})
     return 0
 
 
@@ -286,9 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = sub.add_parser("data", help="list datasets and where they are found",
+    data_sub = _group(sub, "data", help="list datasets and where they are found",
                           description="Datasets advguard reads (official on-disk formats).")
-    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = data_sub.add_parser("list", help="list datasets and their locations")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar*'")
     p.add_argument("--root", help="data root (default: $ADVGUARD_DATA or ~/.cache/advguard/data)")
@@ -298,34 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (default: $ADVGUARD_DATA or ~/.cache/advguard/data)")
     p.add_argument("--load", action="store_true", help="load every split and print its size")
     p.set_defaults(func=cmd_data_info)
-    data.set_defaults(func=lambda a: _help(data))
 
-    models = sub.add_parser("models", help="list model architectures",
+    models_sub = _group(sub, "models", help="list model architectures",
                             description="Model architectures in the registry.")
-    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     p = models_sub.add_parser("list", help="list architectures")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--flops", action="store_true", help="also count MACs and parameters")
     p.add_argument("--num-classes", type=int, default=10, help="classes for --flops (default 10)")
     p.set_defaults(func=cmd_models_list)
-    models.set_defaults(func=lambda a: _help(models))
 
-    defenses = sub.add_parser("defenses", help="list the registered defenses",
+    defenses_sub = _group(sub, "defenses", help="list the registered defenses",
                               description="Defenses in the registry: kind, traits, paper and "
                                           "parameters (the keys of a defense spec).")
-    defenses_sub = defenses.add_subparsers(dest="defenses_command", metavar="SUBCOMMAND")
     p = defenses_sub.add_parser("list", help="list defenses")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'c*'")
     p.set_defaults(func=cmd_defenses_list)
-    defenses.set_defaults(func=lambda a: _help(defenses))
 
-    configs = sub.add_parser("configs", help="list the configs shipped with advguard",
+    configs_sub = _group(sub, "configs", help="list the configs shipped with advguard",
                              description="Configs shipped with advguard (recipes, paper tables).")
-    configs_sub = configs.add_subparsers(dest="configs_command", metavar="SUBCOMMAND")
     p = configs_sub.add_parser("list", help="list shipped configs")
     p.add_argument("prefix", nargs="?", help="only configs under this folder, e.g. 'train'")
     p.set_defaults(func=cmd_configs_list)
-    configs.set_defaults(func=lambda a: _help(configs))
 
     p = sub.add_parser("train", help="train a model with a recipe",
                        description="Train a model. Flags override values from --config; "
@@ -400,26 +395,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="include the generating command in the report")
     p.set_defaults(func=cmd_report)
 
-    exp = sub.add_parser("experiment", help="run a paper table/figure (a grid of evaluations)",
-                         description="Experiments are YAML grids of evaluations with the tables "
-                                     "and plots generated from their records.")
-    exp_sub = exp.add_subparsers(dest="experiment_command", metavar="SUBCOMMAND")
+    exp_sub = _group(sub, "experiment", help="run a paper table, figure or sweep",
+                         description="Experiments are YAML files of a registered kind (grid: a "
+                                     "grid of evaluations; sweep: SMOOTH's sigma x m x vote "
+                                     "sweep) with the tables and plots generated from their "
+                                     "records.")
     p = exp_sub.add_parser("list", help="list shipped experiments")
     p.set_defaults(func=cmd_experiment_list)
     p = exp_sub.add_parser("run", help="train what is missing, then evaluate every cell "
                                        "(resumable)")
     p.add_argument("name", help="experiment file or shipped name (see: advguard experiment list)")
-    p.add_argument("--only", help="glob over cell names, e.g. '*CAP*'")
+    p.add_argument("--only", help="glob over cell names, e.g. '*CAP*' or 'val/*' "
+                                  "(see --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--device", help="override the evaluation device")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment_run)
     p = exp_sub.add_parser("report", help="tables and plots from the experiment's records")
     p.add_argument("name", help="experiment file or shipped name")
-    p.add_argument("--output", "-o", help="markdown file to write (plots go beside it)")
+    p.add_argument("--output", "-o", help="markdown file to write (plots and, for a sweep, "
+                                              "the selection JSON go beside it)")
     p.add_argument("--plots", help="directory for plot PNGs (default: beside --output)")
     p.set_defaults(func=cmd_experiment_report)
-    exp.set_defaults(func=lambda a: _help(exp))
 
     p = sub.add_parser("quickstart", help="a 2-minute tour on the embedded Fashion-MNIST sample",
                        description="Train a small CNN on the Fashion-MNIST sample shipped with "
@@ -432,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     return parser
+
+
+def _group(sub: Any, name: str, **kwargs: Any) -> Any:
+    """A command group (``advguard NAME SUBCOMMAND``); the group alone prints its help."""
+    group = sub.add_parser(name, **kwargs)
+    group.set_defaults(func=lambda a: _help(group))
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def _first_sentence(text: str, limit: int = 90) -> str:
+    first = text.split(". ")[0].strip()
+    return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -453,6 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("advguard: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

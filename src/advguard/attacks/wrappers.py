@@ -52,7 +52,20 @@ def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
     return None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
 
 
-class EOT(nn.Module):
+class _OverDraws(nn.Module):
+    """A model evaluated over ``samples`` draws of its randomness, ``chunk`` stacked copies per
+    forward (the draws protocol, :func:`advguard.rng.iter_draws`)."""
+
+    def __init__(self, model: nn.Module, samples: int, *, chunk: int) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.model = as_logits_model(model)
+        self.samples = int(samples)
+        self.chunk = max(1, int(chunk))
+
+
+class EOT(_OverDraws):
     """Average over ``samples`` draws of a randomized model's randomness.
 
     ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws (the
@@ -64,12 +77,7 @@ class EOT(nn.Module):
     """
 
     def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10) -> None:
-        super().__init__()
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        self.model = as_logits_model(model)
-        self.samples = int(samples)
-        self.chunk = max(1, int(chunk))
+        super().__init__(model, samples, chunk=chunk)
 
     def expected_loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                       loss: LossOnLogits) -> torch.Tensor:
@@ -87,18 +95,13 @@ class EOT(nn.Module):
         return mean_probs(self.model, x, self.samples, chunk=self.chunk, module=self.model)
 
 
-class MajorityVote(nn.Module):
+class MajorityVote(_OverDraws):
     """Hard-label majority vote over ``samples`` draws (the draws protocol,
     :func:`advguard.rng.iter_draws`); returns one-hot vote fractions as scores (argmax = majority
     class, ties to the lowest index). Not differentiable (decision-based attacks only)."""
 
     def __init__(self, model: nn.Module, samples: int = 10, *, chunk: int = 10) -> None:
-        super().__init__()
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        self.model = as_logits_model(model)
-        self.samples = int(samples)
-        self.chunk = max(1, int(chunk))
+        super().__init__(model, samples, chunk=chunk)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from advguard.defenses.cap import CAP
 from advguard.defenses.mixup_inference import MixupInference
 from advguard.defenses.reference import BitDepthReduction, GaussianNoise
 from advguard.defenses.registry import DEFENSES, build_defense, build_part
+from advguard.defenses.resources import load_checkpoint_part, load_data_part
 from advguard.defenses.smoothing import Smoothed, SmoothedPrediction, clopper_pearson
 from advguard.defenses.transforms import GuoCropRescale, RandomRotation, XiePadding
 
@@ -25,5 +26,6 @@ __all__ = [
     "GuoCropRescale", "MixupInference", "Pipeline", "RandomRotation", "Randomness", "Smoothed",
     "SmoothedPrediction", "Traits",
     "Transform", "Undefended", "XiePadding", "as_defense", "build_defense", "build_part",
-    "clopper_pearson", "derive_seed", "gradient_inside_forward",
+    "clopper_pearson", "derive_seed", "gradient_inside_forward", "load_checkpoint_part",
+    "load_data_part",
 ]

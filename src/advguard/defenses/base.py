@@ -27,6 +27,8 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -149,7 +151,8 @@ class Defense(Randomness):
     Registry hook: :meth:`from_spec` builds the defense from a spec's parameters around ``model``
     (default: ``cls(model, **params)``). Parameters naming trained parts or data (a checkpoint, a
     dataset) take paths or specs and are loaded and checked against ``model`` in the constructor,
-    before any work starts (see :func:`advguard.defenses.resources.load_checkpoint_part`).
+    before any work starts (:func:`advguard.defenses.resources.load_checkpoint_part` and
+    :func:`~advguard.defenses.resources.load_data_part`).
     """
 
     traits: Traits = Traits()
@@ -388,3 +391,56 @@ def check_params(cls: type, params: Mapping[str, Any], name: str,
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown parameter {key!r} for defense {name!r}{hint} "
                               f"(parameters: {', '.join(sorted(accepted))})")
+    try:
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except Exception:  # an annotation that cannot be resolved: leave checks to the constructor
+        return
+    for key, value in params.items():
+        expected = hints.get(key)
+        if expected is not None and _simple_type_ok(value, expected) is False:
+            raise ConfigError(f"defense {name!r}: parameter {key!r} must be "
+                              f"{_describe(expected)}, got {value!r}")
+
+
+_SIMPLE: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,),
+                                        str: (str,), type(None): (type(None),)}
+
+
+def _simple_type_ok(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, Literal, and
+    unions of these); None when the annotation is not simple (the constructor checks it)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_simple_type_ok(value, h) for h in typing.get_args(hint)]
+        return None if None in results else any(results)
+    if origin in (tuple, list, Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return False
+            return all(_simple_type_ok(v, a) is not False for v, a in zip(value, args))
+        return not args or all(_simple_type_ok(v, args[0]) is not False for v in value)
+    if hint in _SIMPLE:
+        if isinstance(value, bool) and hint is not bool:
+            return False
+        return isinstance(value, _SIMPLE[hint])
+    return None
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin in (tuple, list, Sequence):
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    return {int: "an int", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, str(hint))

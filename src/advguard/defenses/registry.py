@@ -64,7 +64,7 @@ def build_part(spec: Mapping[str, Any] | str, model: nn.Module) -> Defense | Tra
         if isinstance(exc, ConfigError) and repr(name) in str(exc):
             raise
         raise ConfigError(f"defense {name!r}: {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
         raise ConfigError(f"defense {name!r}: {exc}") from None
     return part
 

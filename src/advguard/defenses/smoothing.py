@@ -61,6 +61,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -129,11 +130,6 @@ def _is_randomized(model: nn.Module) -> bool:
     return is_randomized(model)
 
 
-def _output_kind(model: nn.Module) -> str:
-    traits = getattr(model, "traits", None)
-    return str(getattr(traits, "output", "logits"))
-
-
 class NoisyBase(CopiesAware, Randomness):
     """``model(x + σ·η)`` with one draw of ``η ~ N(0, I)`` (per example) per call; the model's own
     noise is drawn by the model. The base classifier of :class:`Smoothed`.
@@ -151,7 +147,20 @@ class NoisyBase(CopiesAware, Randomness):
         self.model = model
         self.sigma = float(sigma)
         randomized = self.sigma > 0 or _is_randomized(model)
-        self.traits = Traits(randomized=randomized, output=_output_kind(model))  # type: ignore[arg-type]
+        inner = model.traits if isinstance(model, Defense) else Traits()
+        self.traits = Traits(randomized=randomized, differentiable=inner.differentiable,
+                             dynamic=inner.dynamic, output=inner.output)
+        self._surrogate = False
+
+    @contextlib.contextmanager
+    def surrogate(self) -> Iterator[None]:
+        """Inside, a wrapped :class:`Defense` runs its BPDA surrogate (``forward_bpda``: the
+        same value, a usable gradient) instead of its forward."""
+        previous, self._surrogate = self._surrogate, True
+        try:
+            yield
+        finally:
+            self._surrogate = previous
 
     def noisy(self, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
         """``x`` plus noise; ``x`` holds ``copies`` stacked copies of a batch, whose noise is drawn
@@ -167,6 +176,8 @@ class NoisyBase(CopiesAware, Randomness):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         noisy = self.noisy(x, self._split(x))
         with inside_defense():  # x + σ·η leaves [0, 1] by design (not clipped)
+            if self._surrogate and isinstance(self.model, Defense):
+                return self.model.forward_bpda(noisy)
             return self.model(noisy)
 
     def extra_repr(self) -> str:
@@ -226,7 +237,7 @@ class Smoothed(Defense):
     CPU, :data:`ACCELERATOR_CHUNK` on other devices — measured, stacking copies is *slower* on a
     2-core CPU: ``benchmarks/results/smoothing_throughput.md``; an int bounds memory); ``seed``.
     Choose ``sigma`` and ``m`` on a validation split
-    (:func:`advguard.smoothing_sweep.select_setting`), never on test data.
+    (:func:`advguard.experiments.sweep.select_setting`), never on test data.
 
     Shapes: (N, C, H, W) in [0, 1] → (N, K) vote scores (see ``traits.output``).
 
@@ -255,7 +266,9 @@ class Smoothed(Defense):
         self.chunk = None if chunk is None else max(1, int(chunk))
         self.batched = draws_per_copy(model)
         soft = vote == "soft"
-        self.traits = Traits(randomized=self.base.traits.randomized, differentiable=soft,
+        inner = self.base.traits  # a wrapped defense's traits carry through the vote
+        self.traits = Traits(randomized=inner.randomized,
+                             differentiable=soft and inner.differentiable, dynamic=inner.dynamic,
                              output="logits" if soft and average == "logits" else "probs")
         self.reseed(seed)
 
@@ -326,11 +339,12 @@ class Smoothed(Defense):
             return self.forward(x)
         exact: torch.Tensor | None = None
         approx: torch.Tensor | None = None
-        for out in self.iter_draws(x):
-            e = self._contrib(out.detach(), self.vote, self.average).sum(0)
-            a = self._contrib(out, "soft", "probs").sum(0)
-            exact = e if exact is None else exact + e
-            approx = a if approx is None else approx + a
+        with self.base.surrogate():  # a wrapped non-differentiable defense: its own surrogate
+            for out in self.iter_draws(x):
+                e = self._contrib(out.detach(), self.vote, self.average).sum(0)
+                a = self._contrib(out, "soft", "probs").sum(0)
+                exact = e if exact is None else exact + e
+                approx = a if approx is None else approx + a
         assert exact is not None
         assert approx is not None
         exact, approx = exact / self.m, approx / self.m

@@ -43,6 +43,9 @@ class CropParams:
     pad_left: torch.Tensor
 
 
+_ANY_SIDE = 1 << 30  # checks a size range without an input side (the side is checked per call)
+
+
 def resolve_sizes(size: tuple[int, int] | list[int] | None, side: int,
                   default: tuple[float, float]) -> tuple[int, int]:
     """The inclusive size range ``[lo, hi]`` in pixels for an input of ``side`` pixels: ``size``
@@ -54,8 +57,8 @@ def resolve_sizes(size: tuple[int, int] | list[int] | None, side: int,
             raise ValueError(f"size must be [low, high], got {size!r}")
         lo, hi = int(size[0]), int(size[1])
     if not 1 <= lo <= hi <= side:
-        raise ValueError(f"size range [{lo}, {hi}] must satisfy 1 <= low <= high <= {side} "
-                         "(the input side)")
+        bound = "" if side == _ANY_SIDE else f" <= {side} (the input side)"
+        raise ValueError(f"size range [{lo}, {hi}] must satisfy 1 <= low <= high{bound}")
     return lo, hi
 
 
@@ -133,7 +136,7 @@ class XiePadding(Transform):
         if interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got "
                              f"{interpolation!r}")
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = None if size is None else resolve_sizes(size, _ANY_SIDE, (0.0, 0.0))
         self.mode = mode
         self.interpolation = interpolation
 
@@ -199,7 +202,7 @@ class GuoCropRescale(Transform):
 
     def __init__(self, *, size: tuple[int, int] | list[int] | None = None, seed: int = 0) -> None:
         super().__init__(seed=seed)
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = None if size is None else resolve_sizes(size, _ANY_SIDE, (0.0, 0.0))
 
     def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator
                ) -> CropParams:

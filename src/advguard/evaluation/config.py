@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from advguard.configs import FileConfig
 from advguard.errors import ConfigError
 
 SUBSETS = ("first", "balanced")
@@ -83,7 +84,7 @@ class StepSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig:
+class EvalConfig(FileConfig):
     """An evaluation: ``n`` examples of ``dataset``/``split`` (``subset`` "first" or class-
     "balanced"), the checkpoint ``model`` behind ``defense`` (a defense spec, see
     :func:`advguard.defenses.build_defense`), threat model (``norm``, ``eps``), the cascade
@@ -103,6 +104,9 @@ class EvalConfig:
           - {setting: oblivious, attack: pgd, steps: 20, alpha: 0.01}
           - {setting: adaptive, attack: pgd, steps: 20, alpha: 0.01}
     """
+
+    config_what = "evaluation config"
+    config_section = "eval"
 
     name: str = ""
     dataset: str = "fashion-mnist-sample"
@@ -151,28 +155,3 @@ class EvalConfig:
         payload["model"] = model_fingerprint
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown evaluation config key(s): {', '.join(unknown)}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:
-            raise ConfigError(f"invalid evaluation config: {exc}") from None
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> EvalConfig:
-        from advguard.training.config import load_yaml
-
-        data = load_yaml(path)
-        section = data.get("eval", data)
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{path}: 'eval' must be a mapping")
-        merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-        return cls.from_dict(merged)
-
-    def replace(self, **changes: Any) -> EvalConfig:
-        return dataclasses.replace(self, **changes)

@@ -154,13 +154,17 @@ def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRe
 def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
              model: nn.Module | None = None, data: ImageDataset | None = None,
              load_model: Callable[[str], nn.Module] | None = None,
-             progress: bool = True) -> EvalSummary:
+             progress: bool = True,
+             on_chunk: Callable[[int], None] | None = None) -> EvalSummary:
     """Run (or resume) the evaluation ``config`` and return its summary.
 
     ``model``: the classifier (default: loaded from the checkpoint ``config.model``); ``data``:
     the examples (default: selected by the config); ``load_model``: how ``transfer`` steps load
     their source checkpoints (default :func:`advguard.checkpoint.load_checkpoint`); ``store``: a
-    :class:`RecordStore` or the path of its SQLite file.
+    :class:`RecordStore` or the path of its SQLite file; ``on_chunk``: called with the chunk's
+    index right after each chunk this call computes is committed to the store (not for chunks
+    a resumed evaluation skips) — for progress reporting, and for tests that interrupt an
+    evaluation at a known point.
     """
     from advguard.checkpoint import load_checkpoint
 
@@ -225,6 +229,8 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
                 db.write_chunk(eval_id, chunk, examples, outcomes,
                                time.perf_counter() - started, step_seconds)
                 bar.update(hi - lo)
+                if on_chunk is not None:
+                    on_chunk(chunk)
             bar.close()
         _finish(db, eval_id, prepared)
         return summarize(db, eval_id)

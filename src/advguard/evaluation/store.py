@@ -10,7 +10,10 @@ Schema (one row per ...):
 * ``outcomes`` — (example, step, run) that was attacked: correct after the attack or not, the
   perturbation size, queries;
 * ``chunks`` — finished chunk of examples with its wall time;
-* ``flags`` — reliability flag (fired or not, detail).
+* ``flags`` — reliability flag (fired or not, detail);
+* ``units`` — a unit of an experiment that is not a harness evaluation (a sweep's shared draws
+  for one split, model and σ): its key, the hash of what determines it, the model fingerprint,
+  the environment, its seconds and its results as JSON.
 
 Work is committed one chunk at a time in a single transaction, so an evaluation killed at any
 point (even ``kill -9``) loses at most the chunk in progress; re-running the same config skips
@@ -59,6 +62,12 @@ CREATE TABLE IF NOT EXISTS flags (
     eval_id TEXT NOT NULL, flag TEXT NOT NULL, step INTEGER NOT NULL, fired INTEGER NOT NULL,
     detail TEXT NOT NULL, PRIMARY KEY (eval_id, flag, step)
 );
+CREATE TABLE IF NOT EXISTS units (
+    experiment TEXT NOT NULL, unit TEXT NOT NULL, config_hash TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, environment TEXT NOT NULL, seconds REAL NOT NULL,
+    created REAL NOT NULL, result TEXT NOT NULL,
+    PRIMARY KEY (experiment, unit, config_hash, fingerprint)
+);
 """
 
 
@@ -95,6 +104,19 @@ class StepRecord:
     setting: str
     white_box: bool
     attack: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """One finished unit of an experiment (see :meth:`RecordStore.write_unit`)."""
+
+    experiment: str
+    unit: str
+    config_hash: str
+    fingerprint: str
+    environment: dict[str, Any]
+    seconds: float
+    result: dict[str, Any]
 
 
 class RecordStore:
@@ -187,6 +209,22 @@ class RecordStore:
     def set_status(self, eval_id: str, status: str) -> None:
         self._db.execute("UPDATE evaluations SET status=?, updated=? WHERE id=?",
                          (status, time.time(), eval_id))
+
+    def write_unit(self, unit: UnitRecord) -> None:
+        """Commit one experiment unit atomically (a re-computed unit replaces the old one)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO units VALUES (?,?,?,?,?,?,?,?)",
+                       (unit.experiment, unit.unit, unit.config_hash, unit.fingerprint,
+                        json.dumps(unit.environment, default=str), unit.seconds, time.time(),
+                        json.dumps(unit.result)))
+
+    def units(self, experiment: str) -> list[UnitRecord]:
+        """The finished units of ``experiment``, oldest first."""
+        rows = self._db.execute("SELECT unit, config_hash, fingerprint, environment, seconds, "
+                                "result FROM units WHERE experiment=? ORDER BY created",
+                                (experiment,))
+        return [UnitRecord(experiment, u, h, f, json.loads(e), float(s), json.loads(r))
+                for u, h, f, e, s, r in rows]
 
     # ------------------------------------------------------------------ reading
     def evaluation_ids(self) -> list[str]:

@@ -1,6 +1,6 @@
 """Training: one loop (:func:`train`) with pluggable, registered recipes."""
 
-from advguard.training.config import TrainConfig, load_yaml
+from advguard.training.config import TrainConfig
 from advguard.training.evaluate import evaluate_accuracy, predict
 from advguard.training.loop import (
     MODEL_FILE,
@@ -17,5 +17,5 @@ from advguard.training.schedules import SCHEDULES, Schedule, make_schedule
 __all__ = [
     "MODEL_FILE", "RECIPES", "SCHEDULES", "STATE_FILE", "Recipe", "Schedule", "StepOutput",
     "TrainConfig", "TrainRecord", "TrainResult", "TrainingInterrupted", "evaluate_accuracy",
-    "load_yaml", "make_recipe", "make_schedule", "predict", "prepare_data", "train",
+    "make_recipe", "make_schedule", "predict", "prepare_data", "train",
 ]

@@ -4,13 +4,10 @@ validated on construction, recorded with every checkpoint."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from advguard.configs import FileConfig
 from advguard.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -18,7 +15,7 @@ AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(FileConfig):
     """Everything that determines a training run.
 
     Units: ``lr`` is the peak learning rate of the schedule; ``epochs`` are passes over the
@@ -37,6 +34,9 @@ class TrainConfig:
 
         TrainConfig(dataset="fashion-mnist", model="smallcnn", epochs=10, lr=0.05)
     """
+
+    config_what = "training config"
+    config_section = "train"
 
     dataset: str = "fashion-mnist-sample"
     model: str = "smallcnn"
@@ -100,45 +100,3 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            import difflib
-
-            hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, names, 1)[0]!r}?)"
-                     if difflib.get_close_matches(u, names, 1) else repr(u) for u in unknown]
-            raise ConfigError(f"unknown training config key(s): {', '.join(hints)}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:
-            raise ConfigError(f"invalid training config: {exc}") from None
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Load a YAML (or JSON) file; a top-level ``train:`` section is used if present.
-        ``overrides`` whose value is not None replace file values."""
-        data = load_yaml(path)
-        section = data.get("train", data)
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{path}: 'train' must be a mapping")
-        merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-        return cls.from_dict(merged)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML/JSON mapping with a clear error for a missing or malformed file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    return data

@@ -1,0 +1,148 @@
+"""What every experiment kind shares: the header fields, the models to train first, the record
+store, and three hooks — :meth:`Experiment.cells` (the units of work, by name),
+:meth:`Experiment.run` and :meth:`Experiment.report` — plus :meth:`Experiment.paper_keys`, the
+paper numbers a report places beside ours (a test checks each names a cell that exists)."""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from advguard.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A model an experiment needs: the training ``config`` (a shipped name or path), the
+    ``output`` folder, and ``set``: fields that override the config."""
+
+    config: str
+    output: str
+    set: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment(ABC):
+    """An experiment file: ``experiment`` (its name), ``kind`` (a registered kind, default
+    ``grid``), ``description``, ``paper``, ``command`` (how to reproduce it), ``store`` (the
+    SQLite record store, default ``results/<name>.sqlite``), ``train`` (models to train first),
+    then the kind's own fields."""
+
+    kind: ClassVar[str]
+
+    name: str
+    description: str = ""
+    paper: str = ""
+    command: str = ""
+    store: str = ""
+    train: tuple[TrainSpec, ...] = ()
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("an experiment file needs an 'experiment' name")
+        if not self.store:
+            object.__setattr__(self, "store", f"results/{self.name}.sqlite")
+        train = tuple(t if isinstance(t, TrainSpec) else _train_spec(self.name, t)
+                      for t in self.train)
+        object.__setattr__(self, "train", train)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: str | None = None) -> Experiment:
+        """The typed experiment from a file's mapping (``experiment`` → ``name``; ``kind`` is
+        dropped, it chose the class)."""
+        from advguard.configs import from_mapping
+
+        body = {k: v for k, v in data.items() if k not in ("experiment", "kind")}
+        if "name" in body:
+            raise ConfigError("an experiment is named by 'experiment:', not 'name:'")
+        name = str(data.get("experiment", ""))
+        body = {**cls.prepare({"name": name, **body}), "path": path}
+        return from_mapping(cls, body, what=f"{cls.kind} experiment {name!r}")
+
+    @classmethod
+    def prepare(cls, body: dict[str, Any]) -> dict[str, Any]:
+        """Hook: convert the kind's raw fields (lists → tuples, nested specs) before the
+        dataclass is built. Default: unchanged."""
+        return body
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.init and f.name != "path"]
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def cells(self) -> list[str]:
+        """The names of the units of work, in run order (``run(only=...)`` globs over them)."""
+
+    @abstractmethod
+    def compute(self, *, only: str | None, progress: bool, device: str | None) -> None:
+        """Compute every missing unit (whose name matches ``only``) into the record store."""
+
+    @abstractmethod
+    def report(self, *, plots_dir: str | Path | None = None) -> str:
+        """Markdown generated from the record store (plots written to ``plots_dir``)."""
+
+    def paper_keys(self) -> dict[str, list[str]]:
+        """Per table: the keys of its ``paper`` numbers that name no cell of the table (a
+        shipped experiment has none; see tests). Default: no paper numbers."""
+        return {}
+
+    def artifacts(self, out: Path) -> dict[Path, str]:
+        """Extra files (path → text) written beside a report at ``out``. Default: none."""
+        return {}
+
+    # ------------------------------------------------------------------ shared
+    def run(self, *, only: str | None = None, progress: bool = True,
+            device: str | None = None) -> None:
+        """Train the listed models if needed, then compute every missing unit. Resumable: an
+        interrupted run continues where it stopped."""
+        self.train_models(progress=progress)
+        self.compute(only=only, progress=progress, device=device)
+
+    def selected(self, only: str | None) -> list[str]:
+        return [c for c in self.cells() if not only or fnmatch.fnmatch(c, only)]
+
+    def train_models(self, *, progress: bool = True) -> list[Path]:
+        """Train the models the experiment lists (each is skipped when its record exists and
+        resumes when interrupted)."""
+        from advguard.training import TrainConfig, train
+
+        outputs = []
+        for item in self.train:
+            out = Path(item.output)
+            if (out / "record.json").exists():
+                outputs.append(out / "model.safetensors")
+                continue
+            config = TrainConfig.from_file(item.config, **dict(item.set))
+            outputs.append(train(config, output_dir=out, progress=progress).checkpoint or out)
+        return outputs
+
+    def reproduce_line(self) -> str:
+        command = self.command or f"advguard experiment run {self.path_name()}"
+        return (f"Reproduce: `{command}` then `advguard experiment report "
+                f"{self.path_name()}`. Records: `{self.store}`.")
+
+    def path_name(self) -> str:
+        """The shipped name (``experiments/x``) when the file is shipped, else its path."""
+        from advguard.configs import shipped_name
+
+        return shipped_name(self.path) if self.path else self.name
+
+
+def _train_spec(experiment: str, item: Any) -> TrainSpec:
+    from advguard.configs import from_mapping
+
+    return from_mapping(TrainSpec, item, what=f"experiment {experiment!r}, train entry")
+
+
+def as_tuple(body: dict[str, Any], *keys: str) -> None:
+    """Lists in ``body[key]`` become tuples (frozen configs hold tuples)."""
+    for key in keys:
+        if key in body and isinstance(body[key], Sequence) and not isinstance(body[key], str):
+            body[key] = tuple(body[key])

@@ -1,0 +1,147 @@
+"""Reports of ``grid`` experiments (:mod:`advguard.experiments.grid`): the tables, plots and
+per-cell summary, generated from the record store, with the paper's numbers in parentheses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from advguard.errors import ConfigError
+from advguard.evaluation import EvalSummary
+from advguard.reports.render import render_table
+from advguard.reports.tables import pct
+
+if TYPE_CHECKING:
+    from advguard.experiments.grid import Cell, GridExperiment, PlotSpec, TableSpec
+
+def metric_value(summary: EvalSummary, metric: str) -> float:
+    if metric == "clean":
+        return summary.clean_acc
+    if metric == "clean_worst":
+        return summary.clean_worst
+    if metric == "robust":
+        return summary.robust_acc
+    step = metric.removeprefix("after:")
+    index = int(step) if step.lstrip("-").isdigit() else None
+    for s in summary.steps:
+        if s.step == index or (index is None and step in s.label):
+            return s.robust_acc
+    raise ConfigError(f"evaluation {summary.name} has no step matching {metric!r}")
+
+
+def _format(value: float | None, paper: float | None) -> str:
+    ours = "—" if value is None else pct(value)
+    return ours if paper is None else f"{ours} ({paper:g})"
+
+
+def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]]) -> str:
+    """A markdown table: rows × cols of the metric in %, with the paper's number in parentheses
+    where the experiment gives one."""
+    row_keys: list[str] = []
+    col_keys: list[str] = []
+    values: dict[tuple[str, str], float | None] = {}
+    for cell, summary in results:
+        r, c = cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
+        if r not in row_keys:
+            row_keys.append(r)
+        if c not in col_keys:
+            col_keys.append(c)
+        values[(r, c)] = None if summary is None else metric_value(summary, table.metric)
+    header = ["/".join(table.rows) or "setting", *col_keys]
+    rows: list[list[str]] = []
+    for r in row_keys:
+        cells = []
+        for c in col_keys:
+            key = r if not table.cols else f"{r}/{c}"
+            paper = table.paper.get(key)
+            cells.append(_format(values.get((r, c)), paper) if (r, c) in values else "")
+        rows.append([r, *cells])
+    return render_table(header, rows, fmt="markdown")
+
+
+def grid_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
+                path: Path) -> Path:
+    """A line plot of the metric (%) against the numeric labels of axis ``x``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for cell, summary in results:
+        if summary is None:
+            continue
+        try:
+            x = float(cell.labels[plot.x])
+        except ValueError:
+            raise ConfigError(f"plot {plot.title!r}: label {cell.labels[plot.x]!r} of axis "
+                              f"{plot.x!r} is not a number") from None
+        name = cell.labels[plot.series] if plot.series else plot.metric
+        series.setdefault(name, []).append((x, 100 * metric_value(summary, plot.metric)))
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_title(plot.title)
+    ax.set_xlabel(plot.xlabel or plot.x)
+    ax.set_ylabel(plot.ylabel or f"{plot.metric} accuracy (%)")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def grid_summary(results: list[tuple[Cell, EvalSummary | None]]) -> str:
+    """A markdown table, one row per cell: examples × runs, clean accuracy, the per-example worst
+    case over the cascade and runs, and the step that fooled the most examples (``strongest``)."""
+    rows: list[list[str]] = []
+    for cell, summary in results:
+        name = " / ".join(cell.labels.values())
+        if summary is None or not summary.complete:
+            rows.append([name, "—", "—", "—", "not run" if summary is None else "unfinished"])
+            continue
+        rows.append([name, f"{summary.n} × {summary.runs}", f"{100 * summary.clean_acc:.1f}",
+                     f"{100 * summary.robust_acc:.1f}", summary.strongest or "—"])
+    return render_table(["cell", "n × runs", "clean %", "worst case %", "strongest attack"], rows,
+                        fmt="markdown")
+
+
+def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) -> str:
+    """Markdown with the experiment's tables (and plots written to ``plots_dir``), generated from
+    its record store; cells not evaluated yet show a dash."""
+    from advguard.experiments.grid import collect
+
+    results = collect(spec)
+    done = sum(s is not None for _, s in results)
+    parts = [f"# {spec.name}", ""]
+    if spec.description:
+        parts += [spec.description, ""]
+    if spec.paper:
+        parts += [f"Paper: {spec.paper}", ""]
+    parts += [f"{spec.reproduce_line()} {done}/{len(results)} cells evaluated.", ""]
+    parts += ["Numbers are accuracy in % on the evaluated examples; in parentheses, the paper's "
+              "number for its own (larger-scale) setting.", ""]
+    for table in spec.tables:
+        parts += [f"## {table.title}", "", grid_table(table, results), ""]
+        if table.note:
+            parts += [table.note, ""]
+    if spec.summary:
+        parts += ["## Per cell: worst case and the attack that achieved it", "",
+                  grid_summary(results), ""]
+    if plots_dir is not None:
+        for plot in spec.plots:
+            path = grid_plot(plot, results, Path(plots_dir) / plot.file)
+            parts += [f"## {plot.title}", "", f"![{plot.title}]({path.name})", ""]
+    envs = {(s.environment.get("device_name"), s.environment.get("git_commit"))
+            for _, s in results if s is not None}
+    if envs:
+        parts += ["Machines and commits: " + "; ".join(f"{d} @ {c}" for d, c in sorted(
+            envs, key=str)), ""]
+    seconds = sum(s.seconds for _, s in results if s is not None)
+    if done:
+        parts += [f"Total evaluation time: {seconds / 60:.1f} min.", ""]
+    return "\n".join(parts).rstrip() + "\n"
