@@ -286,7 +286,7 @@ def test_bad_inputs_fail_clearly(make_x: Callable[[torch.Tensor], torch.Tensor],
 def test_bad_configuration_fails_clearly(fmnist_model: nn.Module, fmnist_batch: Batch) -> None:
     with pytest.raises(ConfigError, match="eps must be"):
         PGD(eps=-0.1)
-    with pytest.raises(ConfigError, match="unknown norm"):
+    with pytest.raises(ConfigError, match="'norm' must be one of 'linf', 'l2', got 'l1'"):
         PGD(eps=0.1, norm="l1")  # type: ignore[arg-type]
     with pytest.raises(UnknownNameError, match="did you mean 'pgd'"):
         make_attack("pgdd", eps=0.1)

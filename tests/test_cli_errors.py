@@ -23,10 +23,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("{name: cap, n_labels: 0}", "defense 'cap': n_labels must be >= 1, got 0"),
     ("{name: cap, n_label: 3}", "unknown parameter 'n_label' for defense 'cap'; did you mean "
                                 "'n_labels'?"),
-    ("{name: cap, n_labels: abc}", "defense 'cap': parameter 'n_labels' must be an int, got "
-                                   "'abc'"),
-    ("{name: smoothing, vote: majority}", "defense 'smoothing': parameter 'vote' must be one of "
-                                          "'prediction', 'weighted', 'soft', got 'majority'"),
+    ("{name: cap, n_labels: abc}", "defense 'cap': 'n_labels' must be an int, got 'abc'"),
+    ("{name: smoothing, vote: majority}", "defense 'smoothing': 'vote' must be one of "
+                                          "'prediction', 'weighted', 'soft', got 'majority'; "
+                                          "did you mean 'prediction'?"),
     ("{name: xie, size: [20]}", "defense 'xie': size must be [low, high], got [20]"),
     ("{name: guo, size: [5, 3]}", "defense 'guo': size range [5, 3] must satisfy 1 <= low <= "
                                   "high"),

@@ -210,9 +210,11 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match the recorded architecture: {first}") \
-            from None
+        lines = [ln.strip() for ln in str(exc).strip().splitlines()[1:] if ln.strip()]
+        detail = "; ".join(lines[:3]) + (f"; ... ({len(lines) - 3} more)" if len(lines) > 3
+                                         else "")
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture "
+                              f"{header['model'].get('name')!r}: {detail}") from None
     model.to(device).eval()
     meta = _decode(header.get("metadata", {}), {})
     if isinstance(meta.get("dataset"), str):  # what it was trained on, for resource checks

@@ -19,8 +19,14 @@ from advguard.reports.render import render_table
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+def _parse_value(text: str, *, what: str = "value") -> Any:
+    """A command-line value as YAML (numbers, lists, mappings); malformed YAML is a one-line
+    error naming ``what`` and the text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{what}: not valid YAML: {text!r} ({problem})") from None
 
 
 def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
@@ -29,22 +35,24 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = _parse_value(value)
+        out[key.strip()] = _parse_value(value, what=f"--set {key.strip()}")
     return out
 
 
-def _emit(text: str, output: str | None, extra: dict[Path, str] | None = None) -> None:
-    """Write ``text`` to ``output`` (and the ``extra`` files beside it), or print it."""
+def _emit(text: str, output: str | None, extra: dict[Path, str] | None = None, *,
+          force: bool = False, protect: Sequence[str | Path] = ()) -> None:
+    """Write ``text`` to ``output`` (and the ``extra`` files beside it), or print it. Only new
+    files and reports advguard wrote before are replaced (any other file with ``force``; the
+    ``protect`` paths, record stores and checkpoints never): see
+    :func:`advguard.files.write_generated`."""
     if not output:
         print(text, end="" if text.endswith("\n") else "\n")
         return
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    for path, content in (extra or {}).items():
-        path.write_text(content)
+    from advguard.files import write_generated
+
+    written = write_generated({**(extra or {}), Path(output): text}, force=force, protect=protect)
+    for path in written:
         print(f"wrote {path}")
-    print(f"wrote {out}")
 
 
 # --------------------------------------------------------------------------- data
@@ -180,8 +188,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   "device", "batch_size", "name", "subset")
                                  if getattr(args, k) is not None}
     if args.defense is not None:
-        overrides["defense"] = _parse_value(args.defense) if args.defense.strip().startswith("{") \
-            else {"name": args.defense}
+        overrides["defense"] = _parse_value(args.defense, what="--defense") \
+            if args.defense.strip().startswith("{") else {"name": args.defense}
     if args.attack:
         overrides["steps"] = [StepSpec.from_dict(_parse_step(s)) for s in args.attack]
     if args.no_checks:
@@ -200,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _parse_step(text: str) -> dict[str, Any]:
     """``SETTING:ATTACK[:key=value,...]`` or a YAML mapping."""
     if text.strip().startswith("{"):
-        value = _parse_value(text)
+        value = _parse_value(text, what="--attack")
         if not isinstance(value, dict):
             raise ConfigError(f"--attack mapping expected, got {text!r}")
         return value
@@ -213,21 +221,25 @@ def _parse_step(text: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--attack parameter {item!r} is not key=value")
-        step[key.strip()] = _parse_value(value)
+        step[key.strip()] = _parse_value(value, what=f"--attack {key.strip()}")
     return step
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from advguard.evaluation import RecordStore
+    from advguard.files import check_report_target
     from advguard.reports import html_report, load_summaries, markdown_report
 
-    if not Path(args.store).is_file():
+    if not Path(args.store).exists():
         raise AdvguardError(f"record store not found: {args.store}")
+    if args.output:  # refuse a bad --output before reading anything
+        check_report_target(args.output, force=args.force, protect=[args.store])
     command = "advguard report " + " ".join(sys.argv[2:]) if args.command_line else None
     with RecordStore(args.store) as store:
         summaries = load_summaries(store, args.ids)
     render = html_report if args.format == "html" else markdown_report
-    _emit(render(summaries, title=args.title, command=command), args.output)
+    _emit(render(summaries, title=args.title, command=command), args.output, force=args.force,
+          protect=[args.store])
     return 0
 
 
@@ -260,11 +272,15 @@ def cmd_experiment_run(args: argparse.Namespace) -> int:
 
 def cmd_experiment_report(args: argparse.Namespace) -> int:
     from advguard.experiments import load_experiment
+    from advguard.files import check_report_target
 
     spec = load_experiment(args.name)
+    if args.output:  # before any plot is drawn
+        check_report_target(args.output, force=args.force, protect=[spec.store])
     plots = args.plots or (str(Path(args.output).parent) if args.output else None)
     text = spec.report(plots_dir=plots)
-    _emit(text, args.output, spec.artifacts(Path(args.output)) if args.output else {})
+    _emit(text, args.output, spec.artifacts(Path(args.output)) if args.output else {},
+          force=args.force, protect=[spec.store])
     return 0
 
 
@@ -389,7 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", help="evaluation ids (prefixes) or names; default all")
     p.add_argument("--store", default="results/records.sqlite", help="SQLite record store")
     p.add_argument("--format", choices=["md", "html"], default="md")
-    p.add_argument("--output", "-o", help="write to this file instead of stdout")
+    p.add_argument("--output", "-o", help="write to this file instead of stdout (a report "
+                   "advguard wrote before is replaced; any other file only with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --output even if advguard did not write it (never the record "
+                        "store, another SQLite database or a checkpoint)")
     p.add_argument("--title", default="advguard evaluation report")
     p.add_argument("--command-line", action="store_true",
                    help="include the generating command in the report")
@@ -416,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="markdown file to write (plots and, for a sweep, "
                                               "the selection JSON go beside it)")
     p.add_argument("--plots", help="directory for plot PNGs (default: beside --output)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --output file that advguard did not write (never "
+                        "a record store or a checkpoint)")
     p.set_defaults(func=cmd_experiment_report)
 
     p = sub.add_parser("quickstart", help="a 2-minute tour on the embedded Fashion-MNIST sample",
@@ -454,6 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    import warnings
+
+    from advguard.errors import AdvguardWarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, AdvguardWarning):
+            print(f"advguard: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, *rest, **kw)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
     try:
         return int(args.func(args))
     except AdvguardError as exc:
@@ -467,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,3 +47,18 @@ class AdvguardBug(RuntimeError):
 class AttackVerificationError(AdvguardBug):
     """An attack produced an invalid adversarial example (non-finite, out of bounds or out of its
     ε-ball)."""
+
+
+class AdvguardWarning(UserWarning):
+    """Something advguard did differently from what was asked (it says so; the CLI prints it as
+    ``advguard: warning: ...``)."""
+
+
+class OutputError(AdvguardError):
+    """advguard cannot write where it was asked to (a report file, a run directory), or that place
+    holds files advguard did not write, which it never replaces; the message names the path."""
+
+
+class StoreError(AdvguardError):
+    """A record store path is unusable: a directory, a file that is not an advguard record store,
+    or a place that cannot be written; the message names the path."""

@@ -26,15 +26,19 @@ from typing import Any
 
 from advguard.configs import config_path
 from advguard.data import first_n, load_dataset
+from advguard.errors import OutputError
 from advguard.evaluation import EvalConfig, StepSpec, evaluate
+from advguard.files import check_creatable, file_kind
 from advguard.reports import pct
 from advguard.reports.render import render_table
 from advguard.training import TrainConfig, train
+from advguard.training.loop import check_run_dir
 
 QUICKSTART_CONFIG = "train/quickstart"
 EPS = 0.1
 N_EXAMPLES = 200
 PGD = {"attack": "pgd", "steps": 10, "alpha": 0.025}
+STORE_FILE = "records.sqlite"
 
 
 @dataclass
@@ -69,12 +73,34 @@ def _evaluations() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     ]
 
 
+def check_output_dir(out: Path) -> None:
+    """Raise :class:`~advguard.errors.OutputError` unless ``out`` is new or holds only what a
+    previous quickstart wrote there: the run directory ``model/`` (checked by
+    :func:`~advguard.training.loop.check_run_dir`) and the record store ``records.sqlite``."""
+    if not out.exists():
+        check_creatable(out, "the output directory")
+        return
+    if not out.is_dir():
+        raise OutputError(f"output directory {out} is an existing file; give a directory")
+    ours = {"model", STORE_FILE} | {f"{STORE_FILE}-{s}" for s in ("wal", "shm", "journal")}
+    foreign = sorted(e.name for e in out.iterdir()
+                     if e.name not in ours or (e.name == "model") != e.is_dir()
+                     or (e.name == STORE_FILE and file_kind(e) != "sqlite"))
+    if foreign:
+        raise OutputError(f"output directory {out} holds files advguard quickstart did not "
+                          f"write ({', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''})"
+                          "; choose a new or empty directory")
+    check_run_dir(out / "model")
+
+
 def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None = None,
                    progress: bool = True, device: str = "cpu") -> QuickstartReport:
     """Train the small CNN on the embedded sample, attack it with and without the two reference
     defenses, and return the table. Checkpoint and records land in ``output_dir`` (a temporary
     directory when None)."""
     config = TrainConfig.from_file(config_path(QUICKSTART_CONFIG), device=device, epochs=epochs)
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))
     with tempfile.TemporaryDirectory(prefix="advguard-quickstart-") as tmp:
         out = Path(output_dir) if output_dir is not None else Path(tmp)
         started = time.perf_counter()
@@ -90,7 +116,7 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
                 defense=defense, eps=EPS, steps=tuple(StepSpec.from_dict(s) for s in steps),
                 runs=5, seed=0, device=device,
                 batch_size=N_EXAMPLES, checks=True, check_examples=32)
-            summary = evaluate(eval_config, store=out / "records.sqlite", model=result.model,
+            summary = evaluate(eval_config, store=out / STORE_FILE, model=result.model,
                                data=data, progress=False)
             oblivious = next((s for s in summary.steps if s.setting == "oblivious"), None)
             flags = ", ".join(sorted({f.flag for f in summary.fired_flags})) or "none"
@@ -118,5 +144,5 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
         ]
         if output_dir is not None:
             report.notes.append(f"checkpoint: {result.checkpoint}; records: "
-                                f"{out / 'records.sqlite'}")
+                                f"{out / STORE_FILE}")
     return report

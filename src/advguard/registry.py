@@ -40,9 +40,11 @@ class Registry(Generic[T]):
     """Maps names to objects. Names are case-sensitive, unique, and looked up exactly; an unknown
     name raises :class:`~advguard.errors.UnknownNameError` naming close matches."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, aliases: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        #: other names users write for an entry ("xent" for "ce"), suggested, never accepted
+        self.aliases = dict(aliases or {})
 
     def register(self, name: str, **metadata: Any) -> Callable[[T], T]:
         """Decorator form of :meth:`add`; returns the decorated object unchanged."""
@@ -74,6 +76,8 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        if name in self.aliases:
+            close = [self.aliases[name]]
         if not close:  # also try case-insensitive prefix matches ('ResNet' -> resnet18, ...)
             lowered = name.lower()
             close = [n for n in self._entries if n.lower().startswith(lowered[:4])][:3]

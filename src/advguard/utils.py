@@ -14,18 +14,54 @@ from typing import Any
 import torch
 from torch import nn
 
-from advguard.errors import InputValidationError
+from advguard.errors import ConfigError, InputValidationError
+
+
+def available_devices() -> list[str]:
+    """The device strings :func:`resolve_device` accepts on this machine, ``'auto'`` last."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return [*names, "auto"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``'auto'`` → CUDA when available, else CPU. Only runners and the CLI call this;
-    library code follows ``x.device``."""
+    """``None`` or ``'auto'`` → CUDA when available, else CPU; otherwise ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps`` if this machine has it. Anything else is a :class:`ConfigError` naming
+    the device and listing the available ones. Only runners and the CLI call this; library code
+    follows ``x.device``.
+
+    Example::
+
+        resolve_device("cuda")  # ConfigError on a machine without CUDA
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputValidationError(f"device {str(device)!r} requested but CUDA is not available")
-    return dev
+    available = ", ".join(available_devices())
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip())
+    except (RuntimeError, ValueError, TypeError):
+        hint = " (did you mean 'cuda'?)" if str(device).strip().lower() in ("gpu", "nvidia") \
+            and torch.cuda.is_available() else ""
+        raise ConfigError(f"unknown device {str(device)!r}{hint}; available here: {available}"
+                          ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on "
+                              f"this machine; available here: {available}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} does not exist: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s); available here: "
+                              f"{available}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise ConfigError(f"device {str(device)!r} is not one advguard runs on; available here: "
+                      f"{available}")
 
 
 @contextlib.contextmanager

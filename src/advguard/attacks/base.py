@@ -41,6 +41,11 @@ class ThreatModel:
             raise ConfigError(f"unknown norm {self.norm!r}; use one of {NORMS}")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps)) or self.eps < 0:
             raise ConfigError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.norm == "linf" and self.eps > self.bounds[1] - self.bounds[0]:
+            raise ConfigError(
+                f"eps={self.eps:g} exceeds the pixel range {self.bounds} for an L-inf budget "
+                f"(every image would be reachable); for images in [0, 1] write e.g. "
+                f"{self.eps:g}/255 = {self.eps / 255:.4f}")
         lo, hi = self.bounds
         if not lo < hi:
             raise ConfigError(f"bounds must satisfy low < high, got {self.bounds}")
@@ -179,6 +184,10 @@ class Attack(abc.ABC):
     norm: Norm = "linf"
 
     def __post_init__(self) -> None:
+        from advguard.typecheck import check_values
+
+        check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                     what=f"attack {self.name!r}")
         ThreatModel(self.norm, self.eps)  # validates norm and eps
 
     @property
@@ -225,11 +234,24 @@ class Attack(abc.ABC):
         counter = QueryCounter(as_logits_model(model))
         with torch.no_grad():
             clean_logits = counter(x)
+        if not isinstance(clean_logits, torch.Tensor) or clean_logits.ndim != 2 \
+                or clean_logits.shape[0] != x.shape[0]:
+            shape = tuple(clean_logits.shape) if isinstance(clean_logits, torch.Tensor) \
+                else type(clean_logits).__name__
+            raise InputValidationError(f"{self.name} attack: the model must return scores of "
+                                       f"shape (N, classes) = ({x.shape[0]}, K), got {shape}")
+        if not bool(torch.isfinite(clean_logits).all()):
+            raise InputValidationError(f"{self.name} attack: the model returns NaN or infinite "
+                                       "scores on the clean inputs; an attack on it means nothing")
         num_classes = clean_logits.shape[1]
         check_labels(y, x.shape[0], num_classes)
         resolved = resolve_target(target, clean_logits, y, generator)
 
+        original = x.clone()  # the check must not trust a tensor the attack could modify
         adv = self.perturb(counter, x, y, target=resolved, generator=generator)
+        if not torch.equal(x, original):
+            raise AttackVerificationError(f"{self.name} attack modified its input tensor in "
+                                          "place; attacks must return new tensors")
         self.threat.verify(adv, x, who=f"{self.name} attack")
         adv = self.threat.project(adv.detach().to(x.dtype), x)
 
@@ -279,7 +301,12 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 def make_attack(name: str, **kwargs: Any) -> Attack:
     """Instantiate a registered attack from keyword arguments (e.g. from a config)."""
+    from advguard.typecheck import as_number, type_hints, value_fits
+
     cls = ATTACKS.get(name)
+    hints = type_hints(cls)
+    kwargs = {k: as_number(v, what=k) if isinstance(v, str) and k in hints
+              and value_fits(1.5, hints[k]) else v for k, v in kwargs.items()}  # "2/255"
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -20,7 +20,9 @@ from advguard.errors import ConfigError
 from advguard.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-LOSSES: Registry[LossFn] = Registry("attack loss")
+LOSSES: Registry[LossFn] = Registry("attack loss", aliases={
+    "xent": "ce", "cross_entropy": "ce", "crossentropy": "ce", "cross-entropy": "ce",
+    "margin": "cw", "carlini": "cw", "carlini_wagner": "cw"})
 
 
 def _max_other(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

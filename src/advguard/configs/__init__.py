@@ -81,6 +81,9 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, what: str) -> T:
             hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         raise ConfigError(f"{what}: unknown key(s) {', '.join(hints)}; known: "
                           f"{', '.join(sorted(known))}")
+    from advguard.typecheck import check_values
+
+    check_values(cls, data, what=what)
     try:
         return cls(**dict(data))
     except (TypeError, ValueError) as exc:
@@ -89,17 +92,23 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, what: str) -> T:
         raise ConfigError(f"{what}: {exc}") from None
 
 
-def load_config(cls: type[T], name_or_path: str | Path, *, section: str | None = None,
-                what: str, overrides: Mapping[str, Any] | None = None) -> T:
-    """The one config loader: read ``name_or_path`` (:func:`read_yaml`), take its ``section``
-    when the file has one, apply the ``overrides`` that are not None, and build ``cls``
-    (:func:`from_mapping`)."""
+def read_section(name_or_path: str | Path, *, section: str | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The mapping in ``name_or_path`` (:func:`read_yaml`) — its ``section`` when the file has
+    one — with the ``overrides`` that are not None applied."""
     data = read_yaml(name_or_path)
     body = data.get(section, data) if section else data
     if not isinstance(body, Mapping):
         raise ConfigError(f"{name_or_path}: {section!r} must be a mapping")
-    merged = {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return from_mapping(cls, merged, what=what)
+    return {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+
+
+def load_config(cls: type[T], name_or_path: str | Path, *, section: str | None = None,
+                what: str, overrides: Mapping[str, Any] | None = None) -> T:
+    """The one config loader: :func:`read_section`, then the typed ``cls``
+    (:func:`from_mapping`)."""
+    return from_mapping(cls, read_section(name_or_path, section=section, overrides=overrides),
+                        what=what)
 
 
 def shipped_name(path: str | Path) -> str:
@@ -130,8 +139,8 @@ class FileConfig:
     def from_file(cls: type[C], path: str | Path, **overrides: Any) -> C:
         """Load a YAML (or JSON) file or shipped config name; ``overrides`` whose value is not
         None replace file values."""
-        return load_config(cls, path, section=cls.config_section, what=cls.config_what,
-                           overrides=overrides)
+        return cls.from_dict(read_section(path, section=cls.config_section,
+                                          overrides=overrides))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]

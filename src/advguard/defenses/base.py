@@ -27,8 +27,6 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-import types
-import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -167,6 +165,7 @@ class Defense(Randomness):
         if _INSIDE.get():
             return super().__call__(x, *args, **kwargs)
         check_images(x, name=f"inputs to the {type(self).__name__} defense")
+        _check_fits(self, x)
         with inside_defense():
             return super().__call__(x, *args, **kwargs)
 
@@ -372,6 +371,30 @@ def _name_of(spec: object) -> object:
     return spec.get("name") if isinstance(spec, Mapping) else spec
 
 
+def _check_fits(defense: nn.Module, x: torch.Tensor) -> None:
+    """Inputs the defended model cannot take — another dtype than its weights (outside
+    autocast), other channels or image size than its spec records — are refused naming both."""
+    from advguard.defenses.resources import input_facts
+    from advguard.errors import InputValidationError
+
+    who = f"inputs to the {type(defense).__name__} defense"
+    weight = next((p for p in defense.parameters() if p.is_floating_point()), None)
+    if weight is not None and x.dtype != weight.dtype:
+        try:
+            autocast = torch.is_autocast_enabled(x.device.type)
+        except TypeError:  # older torch: no device argument
+            autocast = torch.is_autocast_enabled()
+        if not autocast:
+            raise InputValidationError(f"{who} are {x.dtype} but the model's weights are "
+                                       f"{weight.dtype}; convert them (e.g. x.float())")
+    facts = input_facts(defense)
+    c, h, w = x.shape[1:]
+    if (facts.channels is not None and facts.channels != c) or (
+            facts.size is not None and (facts.size, facts.size) != (h, w)):
+        raise InputValidationError(f"{who} have shape {c}x{h}x{w} but the model takes "
+                                   f"{facts.channels}x{facts.size}x{facts.size} images")
+
+
 def check_params(cls: type, params: Mapping[str, Any], name: str,
                   skip: Sequence[str] = ()) -> None:
     """Raise :class:`ConfigError` for keyword arguments ``cls`` does not take, naming close
@@ -391,56 +414,6 @@ def check_params(cls: type, params: Mapping[str, Any], name: str,
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown parameter {key!r} for defense {name!r}{hint} "
                               f"(parameters: {', '.join(sorted(accepted))})")
-    try:
-        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    except Exception:  # an annotation that cannot be resolved: leave checks to the constructor
-        return
-    for key, value in params.items():
-        expected = hints.get(key)
-        if expected is not None and _simple_type_ok(value, expected) is False:
-            raise ConfigError(f"defense {name!r}: parameter {key!r} must be "
-                              f"{_describe(expected)}, got {value!r}")
+    from advguard.typecheck import check_values
 
-
-_SIMPLE: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,),
-                                        str: (str,), type(None): (type(None),)}
-
-
-def _simple_type_ok(value: Any, hint: Any) -> bool | None:
-    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, Literal, and
-    unions of these); None when the annotation is not simple (the constructor checks it)."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        results = [_simple_type_ok(value, h) for h in typing.get_args(hint)]
-        return None if None in results else any(results)
-    if origin in (tuple, list, Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = typing.get_args(hint)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                return False
-            return all(_simple_type_ok(v, a) is not False for v, a in zip(value, args))
-        return not args or all(_simple_type_ok(v, args[0]) is not False for v in value)
-    if hint in _SIMPLE:
-        if isinstance(value, bool) and hint is not bool:
-            return False
-        return isinstance(value, _SIMPLE[hint])
-    return None
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if origin in (tuple, list, Sequence):
-        args = typing.get_args(hint)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    return {int: "an int", float: "a number", bool: "true or false", str: "a string",
-            type(None): "null"}.get(hint, str(hint))
+    check_values(cls, params, what=f"defense {name!r}")

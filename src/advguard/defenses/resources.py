@@ -49,13 +49,13 @@ class InputFacts:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is None or theirs is None or mine == theirs:
                 continue
-            if name == "dataset" and _same_task(mine, theirs):
+            if name == "dataset" and same_task(mine, theirs):
                 continue
             out.append(f"{name} {mine!r} vs {theirs!r}")
         return out
 
 
-def _same_task(a: str, b: str) -> bool:
+def same_task(a: str, b: str) -> bool:
     """Two registered datasets with the same classes and image shape (e.g. Fashion-MNIST and
     the Fashion-MNIST sample shipped with advguard); unregistered names never match."""
     from advguard.data import dataset_info

@@ -42,6 +42,11 @@ FLAG_EXPLANATIONS: dict[str, str] = {
         "Running the same attack for more iterations gave HIGHER accuracy, which a working "
         "attack should never do beyond noise: the attack is unreliable here (noisy or masked "
         "gradients, or a randomized defense needing more EOT samples)."),
+    "dataset_mismatch": (
+        "The checkpoint was trained on another dataset than the one evaluated (same image shape, "
+        "so it runs): the numbers describe a model applied out of its domain."),
+    "fewer_examples": (
+        "The evaluation asked for more examples than the split has; it evaluated all of them."),
     "blackbox_beats_whitebox": (
         "A black-box (transfer, oblivious or query) attack fooled examples that the preceding "
         "white-box attacks had not: the white-box attacks are not using the defense's gradients "

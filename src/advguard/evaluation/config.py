@@ -42,6 +42,15 @@ class StepSpec:
     vote: int = 15
     label: str | None = None
 
+    def __post_init__(self) -> None:
+        from advguard.typecheck import check_values
+
+        check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                     what=f"step {self.setting}:{self.attack}")
+        if self.eot < 1 or self.vote < 1:
+            raise ConfigError(f"step {self.setting}:{self.attack}: eot and vote must be >= 1 (the "
+                              f"number of draws), got eot={self.eot}, vote={self.vote}")
+
     @property
     def display(self) -> str:
         """A readable label: ``setting:attack(params, target, bpda/eot/source/vote)``."""
@@ -65,6 +74,11 @@ class StepSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepSpec:
+        if isinstance(data, StepSpec):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"each step is a mapping such as {{setting: adaptive, attack: pgd, "
+                              f"steps: 20}}, got {data!r}")
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         # allow attack parameters inline: {setting: adaptive, attack: pgd, steps: 20}
@@ -107,6 +121,15 @@ class EvalConfig(FileConfig):
 
     config_what = "evaluation config"
     config_section = "eval"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
+        """As :meth:`FileConfig.from_dict`; ``eps`` may be written as a fraction ("8/255")."""
+        from advguard.typecheck import as_number
+
+        if isinstance(data, Mapping) and isinstance(data.get("eps"), str):
+            data = {**data, "eps": as_number(data["eps"], what="eps")}
+        return super().from_dict(data)
 
     name: str = ""
     dataset: str = "fashion-mnist-sample"

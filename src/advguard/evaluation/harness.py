@@ -51,6 +51,7 @@ from advguard.evaluation.store import (
     StepRecord,
 )
 from advguard.evaluation.summary import EvalSummary, summarize
+from advguard.rng import rng_states, set_rng_states
 from advguard.utils import check_images, environment_info, eval_mode, resolve_device
 
 
@@ -113,8 +114,10 @@ def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
             defense.reseed(derive_seed(cfg.seed, "attack", chunk, s, r))
             gen = torch.Generator(device=x.device).manual_seed(
                 derive_seed(cfg.seed, "generator", chunk, s, r))
-            result = prep.attack(prep.model, x[idx], y[idx], target=prep.spec.target,
+            result = prep.attack(prep.model, x[idx].clone(), y[idx], target=prep.spec.target,
                                  generator=gen)
+            # our own check, against our own untouched copy, before anything is recorded
+            threat.verify(result.adv, x[idx], who=f"step {s} ({prep.spec.display})")
             defense.reseed(derive_seed(cfg.seed, "eval", chunk, s, r))
             correct = _predict(defense, result.adv, cfg.batch_size) == y[idx]
             dist = threat.distance(result.adv, x[idx])
@@ -179,6 +182,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     if data is None:
         data = load_eval_data(config)
     check_images(data.images, name="evaluation images")
+    data_flags = check_model_fits(model, data, config)
     fingerprint = model_fingerprint(model)
 
     def loader(path: str) -> nn.Module:
@@ -203,6 +207,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
             eval_id, name=config.name or eval_id, config=config.to_dict(),
             traits=defense.traits.to_dict(), environment=env, n=len(data), runs=runs,
             steps=steps)
+        db.write_flags(eval_id, data_flags)
         ctx = _Context(config, defense, prepared, runs, device)
         indices = (data.indices.tolist() if data.indices is not None
                    else list(range(len(data))))
@@ -237,6 +242,54 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     finally:
         if own_store:
             db.close()
+
+
+def check_model_fits(model: nn.Module, data: ImageDataset, config: EvalConfig
+                     ) -> list[FlagRecord]:
+    """Before any work: the model takes the data's images (channels and size from its spec, or
+    a two-image probe) and returns finite (N, K) scores with K above every label; otherwise a
+    :class:`ConfigError` naming both sides. Returns the warnings to record as flags: a model
+    trained on another dataset of the same shape, and fewer examples than ``config.n``."""
+    from advguard.defenses.resources import input_facts, same_task
+
+    facts = input_facts(model)
+    c, h, w = data.images.shape[1:]
+    where = f"{config.model or 'the model'}"
+    if (facts.channels is not None and facts.channels != c) or (
+            facts.size is not None and (facts.size, facts.size) != (h, w)):
+        trained = f" (trained on {facts.dataset})" if facts.dataset else ""
+        raise ConfigError(f"{where} takes {facts.channels}x{facts.size}x{facts.size} images"
+                          f"{trained}, but {data.name}/{data.split} has {c}x{h}x{w} images")
+    x = data.images[:2].to(next(iter(model.parameters()), torch.empty(0)).device)
+    states = rng_states(model)  # the probe must not consume the model's noise draws
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{where} cannot take the {c}x{h}x{w} images of {data.name}: "
+                          f"{first}") from None
+    finally:
+        set_rng_states(model, states)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{where} must return scores of shape (N, classes); for {x.shape[0]} "
+                          f"images it returned {shape}")
+    if not bool(torch.isfinite(out).all()):
+        raise ConfigError(f"{where} returns NaN or infinite scores on clean {data.name} images "
+                          "(NaN weights or a diverged training run?); nothing to evaluate")
+    top = int(data.labels.max()) if len(data) else -1
+    if top >= out.shape[1]:
+        raise ConfigError(f"{where} has {out.shape[1]} outputs but {data.name} has label {top}")
+    flags = []
+    if facts.dataset and facts.dataset != data.name and not same_task(facts.dataset, data.name):
+        flags.append(FlagRecord("dataset_mismatch", -1, True,
+                                f"trained on {facts.dataset}, evaluated on {data.name}"))
+    if config.n is not None and config.n > len(data):
+        flags.append(FlagRecord("fewer_examples", -1, True,
+                                f"asked for n={config.n}; {data.name}/{data.split} has "
+                                f"{len(data)}, all evaluated"))
+    return flags
 
 
 def _finish(db: RecordStore, eval_id: str, prepared: list[Prepared]) -> None:

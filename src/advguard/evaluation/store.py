@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from advguard.errors import OutputError, StoreError
+from advguard.files import check_creatable, file_kind
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -69,6 +72,27 @@ CREATE TABLE IF NOT EXISTS units (
     PRIMARY KEY (experiment, unit, config_hash, fingerprint)
 );
 """
+
+
+def _check_store_path(path: Path) -> None:
+    """Raise :class:`StoreError` when ``path`` cannot be a record store: a directory, an existing
+    file that is not SQLite, or a path below a file."""
+    kind = file_kind(path)
+    if kind == "directory":
+        raise StoreError(f"record store {path} is a directory; give the path of an SQLite file, "
+                         f"e.g. {path / 'records.sqlite'}")
+    if kind == "missing":
+        try:
+            check_creatable(path, "the record store")
+        except OutputError as exc:
+            raise StoreError(str(exc)) from None
+        return
+    if kind == "unreadable":
+        raise StoreError(f"cannot read the record store {path}")
+    if kind != "sqlite" and path.stat().st_size > 0:  # an empty file becomes a new store
+        what = {"safetensors": "a safetensors file (a checkpoint?)", "text": "a text file",
+                "special": "not a regular file"}.get(kind, "a binary file")
+        raise StoreError(f"{path} is not a record store: it is {what}, not an SQLite database")
 
 
 @dataclass(frozen=True)
@@ -123,14 +147,49 @@ class RecordStore:
     """A SQLite file of evaluation records. Safe to open from several processes (WAL mode)."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open the store at ``path``, creating it (and its directory) if missing. A path that is a
+        directory, a file that is not an advguard record store (text, a checkpoint, another
+        SQLite database), or a place that cannot be written is a :class:`StoreError` naming it;
+        such a file is never modified."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                         (str(SCHEMA_VERSION),))
+        _check_store_path(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the record store {self.path}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the record store {self.path}: {exc}") from None
+        try:
+            self._check_schema()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot open the record store {self.path}: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """Refuse an SQLite database that is not an advguard record store of this schema (it
+        would otherwise get our tables added), before anything is written to it."""
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        if "meta" not in tables:
+            raise StoreError(f"{self.path} is an SQLite database but not an advguard record store "
+                             f"(its tables: {', '.join(sorted(tables)[:5])})")
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            raise StoreError(f"record store {self.path} has schema version {row[0]}; this "
+                             f"advguard reads version {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalSummary
+from advguard.files import check_plot_target
 from advguard.reports.render import render_table
 from advguard.reports.tables import pct
 
@@ -89,6 +90,7 @@ def grid_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
     if len(series) > 1:
         ax.legend()
     fig.tight_layout()
+    check_plot_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

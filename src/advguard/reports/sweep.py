@@ -16,6 +16,7 @@ from advguard.experiments.sweep import (
     select_setting,
     sweep_seconds,
 )
+from advguard.files import check_plot_target
 from advguard.reports.render import render_table
 
 
@@ -58,6 +59,7 @@ def _per_model_figure(config: SweepExperiment, path: Path, xlabel: str,
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
+    check_plot_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -4,6 +4,7 @@ validated on construction, recorded with every checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,12 @@ class TrainConfig(FileConfig):
             raise bad(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise bad(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise bad(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise bad("weight_decay must be >= 0 and momentum in [0, 1)")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise bad(f"lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise bad(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:  # also false for nan
+            raise bad(f"momentum must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("sgd", "adam"):
             raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.precision not in PRECISIONS:

@@ -25,6 +25,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advguard.checkpoint import load_state, load_state_dict_file, save_checkpoint, save_state
+from advguard.checkpoint import (
+    FORMAT,
+    STATE_FORMAT,
+    load_state,
+    load_state_dict_file,
+    save_checkpoint,
+    save_state,
+)
 from advguard.data import (
     Augmentation,
     Compose,
@@ -50,7 +58,8 @@ from advguard.data import (
     standard_augmentation,
     train_val_split,
 )
-from advguard.errors import AdvguardError, ConfigError
+from advguard.errors import AdvguardError, AdvguardWarning, ConfigError, OutputError
+from advguard.files import advguard_header, check_creatable
 from advguard.models import create_model
 from advguard.rng import rng_states, set_rng_states
 from advguard.training.config import TrainConfig
@@ -63,6 +72,68 @@ STATE_FILE = "state.safetensors"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "record.json"
+#: The first line of the ``config.yaml`` a run writes: how advguard recognises its own run.
+CONFIG_HEADER = "# advguard training run: the resolved config (written by advguard train)"
+
+
+def _is_run_file(path: Path, *, with_run: bool) -> bool:
+    """Whether ``path`` is a file :func:`train` wrote; ``with_run``: the directory holds a run's
+    state or model (then a ``config.yaml`` of TrainConfig fields from before
+    :data:`CONFIG_HEADER` existed counts even if it does not list every field)."""
+    import dataclasses
+
+    import yaml
+
+    name = path.name
+    if not path.is_file():
+        return False
+    if name.startswith((f".{STATE_FILE}.", f".{MODEL_FILE}.")):  # a save cut short by kill -9
+        return True
+    if name in (STATE_FILE, MODEL_FILE):
+        header = advguard_header(path) or {}
+        if name == STATE_FILE:
+            return header.get("format") == STATE_FORMAT
+        return header.get("format") == FORMAT and "train_config" in header.get("metadata", {})
+    if name not in (CONFIG_FILE, RECORD_FILE):
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        if name == RECORD_FILE:
+            record = json.loads(text)
+            return isinstance(record, dict) and {"config", "history", "final"} <= set(record)
+        if text.startswith(CONFIG_HEADER):
+            return True
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        legacy = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    # from before the header: every field (as train() dumps it), or some fields beside a run
+    return isinstance(legacy, dict) and (set(legacy) == fields
+                                         or (with_run and set(legacy) <= fields))
+
+
+def check_run_dir(out: Path) -> None:
+    """Raise :class:`OutputError` unless ``out`` can hold a training run: it does not exist yet
+    and can be created, or it is a directory holding only what :func:`train` writes there
+    (``config.yaml`` starting with :data:`CONFIG_HEADER`, an advguard ``state.safetensors`` and
+    ``model.safetensors``, ``record.json``, temporary files of a save cut short). A directory with
+    anything else (another ``config.yaml``, other files) is refused, never written into."""
+    if not out.exists():
+        check_creatable(out, "the output directory")
+        return
+    if not out.is_dir():
+        raise OutputError(f"output directory {out} is an existing file; give a directory")
+    with_run = _is_run_file(out / STATE_FILE, with_run=False) or \
+        _is_run_file(out / MODEL_FILE, with_run=False)
+    try:
+        foreign = sorted(e.name for e in out.iterdir() if not _is_run_file(e, with_run=with_run))
+    except OSError as exc:
+        raise OutputError(f"cannot read output directory {out}: {exc.strerror or exc}") from None
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4
+                                          else "")
+        raise OutputError(f"output directory {out} holds files advguard train did not write "
+                          f"({shown}); choose a new or empty directory")
 
 
 class TrainingInterrupted(AdvguardError):
@@ -81,12 +152,15 @@ class TrainRecord:
     wall_time_s: float = 0.0
     output_dir: str | None = None
     resumed_from: dict[str, int] | None = None
+    #: what the run did differently from what its config asked (e.g. fewer training images)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config, "recipe": self.recipe, "history": self.history,
             "final": self.final, "environment": self.environment, "wall_time_s": self.wall_time_s,
             "output_dir": self.output_dir, "resumed_from": self.resumed_from,
+            "warnings": self.warnings,
         }
 
 
@@ -109,13 +183,19 @@ class _Data:
     train: ImageDataset
     val: ImageDataset | None
     test: ImageDataset | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_data(config: TrainConfig) -> _Data:
     """Load the splits a config asks for: (subset of) train, held-out validation, test subset."""
     train = load_dataset(config.dataset, "train", root=config.data_root)
+    notes = []
     if config.train_size is not None and config.train_size < len(train):
         train = balanced_subset(train, n=config.train_size, seed=config.seed)
+    elif config.train_size is not None and config.train_size > len(train):
+        notes.append(f"train_size={config.train_size} but {config.dataset} has {len(train)} "
+                     "training images: all of them are used")
+        warnings.warn(notes[-1], AdvguardWarning, stacklevel=2)
     val = None
     if config.val_size:
         train, val = train_val_split(train, config.val_size, seed=config.seed)
@@ -124,7 +204,7 @@ def prepare_data(config: TrainConfig) -> _Data:
         test = load_dataset(config.dataset, "test", root=config.data_root)
         if config.test_size is not None and config.test_size < len(test):
             test = first_n(test, config.test_size)
-    return _Data(train, val, test)
+    return _Data(train, val, test, notes)
 
 
 def make_augmentation(config: TrainConfig) -> Augmentation | None:
@@ -223,6 +303,8 @@ def train(config: TrainConfig, *, output_dir: str | Path | None = None, resume: 
     channels_last = config.channels_last if config.channels_last is not None \
         else device.type == "cuda"
     out = Path(output_dir) if output_dir is not None else None
+    if out is not None:  # before any work: never write into a directory that is not a run's
+        check_run_dir(out)
 
     data = prepare_data(config)
     info = dataset_info(config.dataset)
@@ -292,8 +374,12 @@ class _Run:
 
     # ------------------------------------------------------------------ output dir and resume
     def open_output(self, *, resume: bool, overwrite: bool) -> None:
-        assert self.out is not None
-        self.out.mkdir(parents=True, exist_ok=True)
+        assert self.out is not None  # train() checked it with check_run_dir
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output directory {self.out}: "
+                              f"{exc.strerror or exc}") from None
         state_path = self.out / STATE_FILE
         config_path = self.out / CONFIG_FILE
         wanted = self.config.to_dict()
@@ -311,7 +397,10 @@ class _Run:
             self.restore(load_state(state_path))
         import yaml
 
-        config_path.write_text(yaml.safe_dump(wanted, sort_keys=False))
+        try:
+            config_path.write_text(f"{CONFIG_HEADER}\n{yaml.safe_dump(wanted, sort_keys=False)}")
+        except OSError as exc:
+            raise OutputError(f"cannot write {config_path}: {exc.strerror or exc}") from None
 
     def state_dict(self, rng: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {
@@ -479,7 +568,7 @@ class _Run:
             environment=environment_info(self.device), recipe=self.recipe.to_dict(),
             wall_time_s=round(self.elapsed, 3),
             output_dir=str(self.out) if self.out is not None else None,
-            resumed_from=self.resumed_from)
+            resumed_from=self.resumed_from, warnings=list(self.data.warnings))
 
     def _write_model(self, record: TrainRecord | None = None) -> None:
         assert self.out is not None
