@@ -259,3 +259,44 @@ def test_fingerprint_covers_zero_dim_parameters() -> None:
     with torch.no_grad():
         scales[0].add_(0.5)
     assert model_fingerprint(model) != before
+
+
+def test_summaries_say_what_a_number_is_worth(tmp_path: Path, fmnist_model: nn.Module) -> None:
+    """Every summary carries the 95% Clopper–Pearson interval of its robust accuracy, and for a
+    randomized defense the counts of draw-dependent outcomes, computed from the stored records."""
+    from advguard.reports import markdown_report
+    from advguard.stats import accuracy_interval
+
+    config = EvalConfig(n=40, batch_size=40, eps=0.05, runs=3, checks=False, device="cpu",
+                        defense={"name": "gaussian_noise", "sigma": 0.3},
+                        steps=({"setting": "adaptive", "attack": "pgd", "steps": 3,
+                                "eot": 2},))  # type: ignore[arg-type]
+    store = tmp_path / "s.sqlite"
+    s = evaluate(config, store=store, model=fmnist_model, progress=False)
+    with RecordStore(store) as db:
+        examples, outcomes = db.examples(s.eval_id), db.outcomes(s.eval_id)
+    robust = sum(e.fooled_by is None for e in examples)
+    assert s.robust_ci == accuracy_interval(robust, 40)
+    assert s.robust_ci[0] <= s.robust_acc <= s.robust_ci[1]
+    assert s.clean_flips == sum(0 < e.clean_correct_runs < 3 for e in examples)
+    late = {o.example for o in outcomes if not o.correct and o.run > 0} - {
+        o.example for o in outcomes if not o.correct and o.run == 0}
+    assert s.late_fooled == len(late)
+    assert s.clean_flips + s.late_fooled > 0  # σ = 0.3 noise: some outcomes depend on draws
+    lo, hi = s.robust_ci
+    assert (f"{100 * lo:.1f}–{100 * hi:.1f} (flips: {s.clean_flips} clean, "
+            f"{s.late_fooled} late)") in markdown_report([s])
+
+
+def test_clopper_pearson_against_closed_forms() -> None:
+    from advguard.stats import accuracy_interval
+
+    # k = 0: upper = 1 - (alpha/2)^(1/n); k = n: lower = (alpha/2)^(1/n)
+    assert accuracy_interval(0, 200) == (0.0, pytest.approx(1 - 0.025 ** (1 / 200)))
+    assert accuracy_interval(200, 200) == (pytest.approx(0.025 ** (1 / 200)), 1.0)
+    lo, hi = accuracy_interval(140, 200)  # the defining tail probabilities of the binomial
+    from scipy.stats import binom
+
+    assert binom.sf(139, 200, lo) == pytest.approx(0.025, abs=1e-6)
+    assert binom.cdf(140, 200, hi) == pytest.approx(0.025, abs=1e-6)
+    assert accuracy_interval(0, 0) != accuracy_interval(0, 0)  # NaN for no examples

@@ -82,8 +82,13 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
     assert f"| none/0.05 | {100 * by_name['tiny:none/0.05'].clean_acc:.1f} |" in report
     assert (tmp_path / "plots" / "eps.png").stat().st_size > 1000
     bits = by_name["tiny:bits2/0.1"]  # the per-cell summary names the strongest step
+    from advguard.stats import accuracy_interval
+
+    lo, hi = accuracy_interval(round(bits.robust_acc * 30), 30)
+    assert bits.robust_ci == (lo, hi) and lo < bits.robust_acc < hi
     assert (f"| bits2 / 0.1 | 30 × 1 | {100 * bits.clean_acc:.1f} | "
-            f"{100 * bits.robust_acc:.1f} | {bits.strongest or '—'} |") in report
+            f"{100 * bits.robust_acc:.1f} | {100 * lo:.1f}–{100 * hi:.1f} | "
+            f"{bits.strongest or '—'} |") in report
     with RecordStore(spec.store) as store:
         assert summarize(store, none_01.eval_id).robust_acc == none_01.robust_acc
 

@@ -73,6 +73,7 @@ from torch import nn
 from advguard.defenses.base import Defense, Randomness, Traits, Transform, inside_defense
 from advguard.defenses.registry import DEFENSES
 from advguard.rng import CopiesAware, draws_per_copy, is_randomized, iter_draws
+from advguard.stats import clopper_pearson
 
 __all__ = ["ABSTAIN", "AVERAGES", "VOTES", "NoisyBase", "Smoothed", "SmoothedPrediction",
            "clopper_pearson", "vote_contributions", "vote_scores"]
@@ -185,28 +186,6 @@ class NoisyBase(CopiesAware, Randomness):
 
 
 # --------------------------------------------------------------------------- certification
-def clopper_pearson(successes: torch.Tensor | int, trials: int, alpha: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two-sided Clopper–Pearson interval ``[lower, upper]`` at confidence ``1 − alpha`` for a
-    binomial proportion (``scipy.stats.beta`` quantiles); ``successes`` may be a tensor of counts.
-    ``lower = 0`` when there is no success and ``upper = 1`` when all trials succeed.
-
-    Example: ``clopper_pearson(10, 10, 0.05)`` → ``(0.025^(1/10) = 0.6915, 1.0)``.
-    """
-    from scipy.stats import beta
-
-    k = torch.as_tensor(successes).double().cpu().numpy()
-    if trials < 1 or not 0 < alpha < 1:
-        raise ValueError("clopper_pearson needs trials >= 1 and 0 < alpha < 1")
-    lower = beta.ppf(alpha / 2, k, trials - k + 1)
-    upper = beta.ppf(1 - alpha / 2, k + 1, trials - k)
-    lower = torch.as_tensor(lower).nan_to_num(0.0)
-    upper = torch.as_tensor(upper).nan_to_num(1.0)
-    lower = torch.where(torch.as_tensor(k) == 0, torch.zeros_like(lower), lower)
-    upper = torch.where(torch.as_tensor(k) == trials, torch.ones_like(upper), upper)
-    return lower, upper
-
-
 @dataclass(frozen=True)
 class SmoothedPrediction:
     """Certification-style output of :meth:`Smoothed.certify` / :meth:`Smoothed.predict_abstain`.

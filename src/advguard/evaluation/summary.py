@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advguard.evaluation.store import FlagRecord, RecordStore, StepRecord
+from advguard.stats import accuracy_interval
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class EvalSummary:
     ``clean_acc``: mean over runs of clean accuracy; ``clean_worst``: fraction classified
     correctly in every run; ``robust_acc``: final worst-case robust accuracy (correct in every run
     under every attack); ``strongest``: label of the step that fooled the most examples.
+
+    What a number is worth: ``robust_ci`` is the 95% Clopper–Pearson interval of ``robust_acc``
+    over the ``n`` examples; for randomized defenses (``runs > 1``), ``clean_flips`` counts the
+    examples classified correctly in some clean runs but not all, and ``late_fooled`` those that
+    survived every attack in the first run and fell in a later one — outcomes that depend on the
+    draws, i.e. Monte-Carlo noise in the number.
     """
 
     eval_id: str
@@ -47,6 +54,9 @@ class EvalSummary:
     flags: list[FlagRecord] = field(default_factory=list)
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
+    robust_ci: tuple[float, float] = (float("nan"), float("nan"))
+    clean_flips: int = 0
+    late_fooled: int = 0
 
     @property
     def fired_flags(self) -> list[FlagRecord]:
@@ -60,6 +70,8 @@ class EvalSummary:
             "strongest": self.strongest,
             "steps": [s.__dict__ for s in self.steps],
             "flags": [f.__dict__ for f in self.flags], "seconds": self.seconds,
+            "robust_ci": list(self.robust_ci), "clean_flips": self.clean_flips,
+            "late_fooled": self.late_fooled,
         }
 
 
@@ -89,7 +101,12 @@ def summarize(store: RecordStore, eval_id: str) -> EvalSummary:
         rows.append(StepSummary(s.step, s.label, s.setting, s.white_box, frac(robust), fooled,
                                 round(seconds.get(s.step, 0.0), 3),
                                 sum(q) / len(q) if q else 0.0))
-    robust_acc = frac(sum(e.fooled_by is None for e in examples))
+    robust_count = sum(e.fooled_by is None for e in examples)
+    robust_acc = frac(robust_count)
+    first_fooled: dict[int, int] = {}
+    for o in outcomes:
+        if not o.correct:
+            first_fooled[o.example] = min(first_fooled.get(o.example, o.run), o.run)
     strongest = max(rows, key=lambda r: r.fooled).label if rows and any(r.fooled for r in rows) \
         else None
     return EvalSummary(
@@ -98,4 +115,6 @@ def summarize(store: RecordStore, eval_id: str) -> EvalSummary:
         traits=info["traits"], config=info["config"], clean_acc=clean_acc,
         clean_worst=clean_worst, steps=rows, robust_acc=robust_acc, strongest=strongest,
         flags=store.flags(eval_id), seconds=float(info["seconds"]),
-        environment=info["environment"])
+        environment=info["environment"], robust_ci=accuracy_interval(robust_count, n),
+        clean_flips=sum(0 < e.clean_correct_runs < runs for e in examples),
+        late_fooled=sum(r > 0 for r in first_fooled.values()))

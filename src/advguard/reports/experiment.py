@@ -10,7 +10,7 @@ from advguard.errors import ConfigError
 from advguard.evaluation import EvalSummary
 from advguard.files import check_plot_target
 from advguard.reports.render import render_table
-from advguard.reports.tables import pct
+from advguard.reports.tables import INTERVAL_NOTE, pct
 
 if TYPE_CHECKING:
     from advguard.experiments.grid import Cell, GridExperiment, PlotSpec, TableSpec
@@ -99,17 +99,22 @@ def grid_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
 
 def grid_summary(results: list[tuple[Cell, EvalSummary | None]]) -> str:
     """A markdown table, one row per cell: examples × runs, clean accuracy, the per-example worst
-    case over the cascade and runs, and the step that fooled the most examples (``strongest``)."""
+    case over the cascade and runs with its 95% interval (and draw-dependent flips), and the step
+    that fooled the most examples (``strongest``)."""
+    from advguard.reports.tables import interval
+
     rows: list[list[str]] = []
     for cell, summary in results:
         name = " / ".join(cell.labels.values())
         if summary is None or not summary.complete:
-            rows.append([name, "—", "—", "—", "not run" if summary is None else "unfinished"])
+            rows.append([name, "—", "—", "—", "—", "not run" if summary is None else "unfinished"])
             continue
         rows.append([name, f"{summary.n} × {summary.runs}", f"{100 * summary.clean_acc:.1f}",
-                     f"{100 * summary.robust_acc:.1f}", summary.strongest or "—"])
-    return render_table(["cell", "n × runs", "clean %", "worst case %", "strongest attack"], rows,
-                        fmt="markdown")
+                     f"{100 * summary.robust_acc:.1f}", interval(summary),
+                     summary.strongest or "—"])
+    table = render_table(["cell", "n × runs", "clean %", "worst case %", "95% interval",
+                          "strongest attack"], rows, fmt="markdown")
+    return table + "\n\n" + INTERVAL_NOTE
 
 
 def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) -> str:

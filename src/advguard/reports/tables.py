@@ -44,15 +44,32 @@ def _threat(config: dict[str, Any]) -> str:
 
 def overview_rows(summaries: Sequence[EvalSummary]) -> tuple[list[str], list[list[str]]]:
     header = ["evaluation", "defense", "threat model", "n × runs", "clean %", "worst-case robust %",
-              "strongest attack", "flags"]
+              "95% interval", "strongest attack", "flags"]
     rows = []
     for s in summaries:
         fired = ", ".join(sorted({f.flag for f in s.fired_flags})) or "none"
         status = "" if s.complete else " (incomplete)"
         rows.append([s.name + status, _defense_name(s.config), _threat(s.config),
                      f"{s.n} × {s.runs}", pct(s.clean_acc), pct(s.robust_acc),
-                     s.strongest or "—", fired])
+                     interval(s), s.strongest or "—", fired])
     return header, rows
+
+
+INTERVAL_NOTE = (
+    "95% interval: the Clopper–Pearson interval of the worst-case robust accuracy over the n "
+    "examples (numbers whose intervals overlap are not shown to differ). For randomized defenses, "
+    "flips counts the examples whose outcome depended on the draws: clean = correct in some clean "
+    "runs but not all, late = survived every attack in the first run and fell in a later one.")
+
+
+def interval(summary: EvalSummary) -> str:
+    """The 95% interval of the worst-case robust accuracy, and for randomized defenses how many
+    examples' outcomes depended on the draws."""
+    lo, hi = summary.robust_ci
+    text = "—" if lo != lo else f"{100 * lo:.1f}–{100 * hi:.1f}"
+    if summary.runs > 1:
+        text += f" (flips: {summary.clean_flips} clean, {summary.late_fooled} late)"
+    return text
 
 
 def step_rows(summary: EvalSummary) -> tuple[list[str], list[list[str]]]:
@@ -86,7 +103,7 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
     parts += [render_table(header, rows, fmt="markdown"), ""]
     parts += ["Clean % is the mean over runs; worst-case robust % counts an example as robust only "
               "if the defense classified it correctly in every run under every attack of the "
-              "cascade.", ""]
+              "cascade. " + INTERVAL_NOTE, ""]
     for s in summaries:
         parts += [f"## {s.name}", ""]
         env = s.environment
