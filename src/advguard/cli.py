@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data_sub = _group(sub, "data", help="list datasets and where they are found",
-                          description="Datasets advguard reads (official on-disk formats).")
+                      description="Datasets advguard reads (official on-disk formats).")
     p = data_sub.add_parser("list", help="list datasets and their locations")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar*'")
     p.add_argument("--root", help="data root (default: $ADVGUARD_DATA or ~/.cache/advguard/data)")
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_info)
 
     models_sub = _group(sub, "models", help="list model architectures",
-                            description="Model architectures in the registry.")
+                        description="Model architectures in the registry.")
     p = models_sub.add_parser("list", help="list architectures")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--flops", action="store_true", help="also count MACs and parameters")
@@ -326,14 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_list)
 
     defenses_sub = _group(sub, "defenses", help="list the registered defenses",
-                              description="Defenses in the registry: kind, traits, paper and "
-                                          "parameters (the keys of a defense spec).")
+                          description="Defenses in the registry: kind, traits, paper and "
+                          "parameters (the keys of a defense spec).")
     p = defenses_sub.add_parser("list", help="list defenses")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'c*'")
     p.set_defaults(func=cmd_defenses_list)
 
     configs_sub = _group(sub, "configs", help="list the configs shipped with advguard",
-                             description="Configs shipped with advguard (recipes, paper tables).")
+                         description="Configs shipped with advguard (recipes, paper tables).")
     p = configs_sub.add_parser("list", help="list shipped configs")
     p.add_argument("prefix", nargs="?", help="only configs under this folder, e.g. 'train'")
     p.set_defaults(func=cmd_configs_list)
@@ -416,10 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     exp_sub = _group(sub, "experiment", help="run a paper table, figure or sweep",
-                         description="Experiments are YAML files of a registered kind (grid: a "
-                                     "grid of evaluations; sweep: SMOOTH's sigma x m x vote "
-                                     "sweep) with the tables and plots generated from their "
-                                     "records.")
+                     description="Experiments are YAML files of a registered kind (grid: a "
+                     "grid of evaluations; sweep: SMOOTH's sigma x m x vote "
+                     "sweep) with the tables and plots generated from their "
+                     "records.")
     p = exp_sub.add_parser("list", help="list shipped experiments")
     p.set_defaults(func=cmd_experiment_list)
     p = exp_sub.add_parser("run", help="train what is missing, then evaluate every cell "
