@@ -118,14 +118,15 @@ def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], header: dict[str,
         raise
 
 
-def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_header(path: str | Path, expected_format: str) -> dict[str, Any]:
+    """The advguard record of a checkpoint or training-state file, read from its safetensors
+    header alone (no tensor is loaded); a :class:`CheckpointError` otherwise."""
+    from safetensors import safe_open
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        tensors = load_file(str(p))
-        from safetensors import safe_open
-
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get(_META_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -140,7 +141,25 @@ def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tenso
     if header.get("format") != expected_format:
         raise CheckpointError(
             f"{p}: expected format {expected_format!r}, found {header.get('format')!r}")
+    return header
+
+
+def _read(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    header = _read_header(path, expected_format)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
     return tensors, header
+
+
+def is_advguard_file(path: str | Path, expected_format: str) -> dict[str, Any] | None:
+    """The advguard record of ``path`` when it is an advguard file of ``expected_format``
+    (:data:`FORMAT` or :data:`STATE_FORMAT`), else None — never raises."""
+    try:
+        return _read_header(path, expected_format)
+    except CheckpointError:
+        return None
 
 
 # --------------------------------------------------------------------------- training state
@@ -193,7 +212,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *,
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata record (and model spec under ``"model"``) of a checkpoint, without building
     the model."""
-    _, header = _read(path, FORMAT)
+    header = _read_header(path, FORMAT)
     meta = _decode(header.get("metadata", {}), {})
     return {"model": header["model"], **meta}
 

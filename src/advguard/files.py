@@ -9,7 +9,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from advguard.errors import OutputError
 
@@ -31,24 +30,6 @@ _LEGACY_REPORTS = (
     re.compile(r"\A## [^\n]*: smoothing vs no smoothing \(from shared draws\)\n"),
 )
 _MAX_REPORT_BYTES = 64 << 20
-
-
-def advguard_header(path: str | Path) -> dict[str, Any] | None:
-    """The JSON record under the ``"advguard"`` metadata key of a safetensors file (its
-    ``"format"`` says checkpoint or training state), read from the header alone; ``None`` for any
-    other file."""
-    try:
-        with Path(path).open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            n = int.from_bytes(f.read(8), "little")
-            if not 1 < n <= min(size - 8, _MAX_REPORT_BYTES) or f.read(1) != b"{":
-                return None
-            header = json.loads(b"{" + f.read(n - 1))
-            raw = header.get("__metadata__", {}).get("advguard")
-            record = json.loads(raw) if isinstance(raw, str) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def file_kind(path: str | Path) -> str:

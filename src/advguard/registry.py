@@ -76,7 +76,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-        if name in self.aliases:
+        if self.aliases.get(name) in self._entries:
             close = [self.aliases[name]]
         if not close:  # also try case-insensitive prefix matches ('ResNet' -> resnet18, ...)
             lowered = name.lower()

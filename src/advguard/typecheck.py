@@ -21,12 +21,14 @@ from typing import Any
 
 from advguard.errors import ConfigError
 
-__all__ = ["check_values", "describe", "type_hints", "value_fits"]
+__all__ = ["as_number", "check_values", "coerce_numbers", "describe", "type_hints", "value_fits"]
 
-#: common names for the values a Literal allows (suggested in messages)
+#: other names users write for allowed values (suggested in messages, never accepted): for
+#: ``Literal`` annotations here and for registries (e.g. the attack losses)
 ALIASES = {"xent": "ce", "cross_entropy": "ce", "crossentropy": "ce", "cross-entropy": "ce",
-           "margin": "cw", "carlini": "cw", "inf": "linf", "l_inf": "linf", "Linf": "linf",
-           "L2": "l2", "majority": "prediction", "hard": "prediction"}
+           "margin": "cw", "carlini": "cw", "carlini_wagner": "cw", "inf": "linf",
+           "l_inf": "linf", "Linf": "linf", "L2": "l2", "majority": "prediction",
+           "hard": "prediction"}
 
 
 @functools.lru_cache(maxsize=256)
@@ -132,3 +134,11 @@ def as_number(value: Any, *, what: str) -> Any:
         return float(match.group(1)) / float(match.group(2)) if match else float(value)
     except ValueError:
         return value
+
+
+def coerce_numbers(target: type | Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with text written as a number ("8/255", "0.03") turned into a float wherever
+    ``target``'s annotation takes a float; everything else unchanged."""
+    hints = type_hints(target)
+    return {k: as_number(v, what=k) if isinstance(v, str) and k in hints
+            and value_fits(0.5, hints[k]) else v for k, v in values.items()}

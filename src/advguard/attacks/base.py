@@ -301,12 +301,10 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 def make_attack(name: str, **kwargs: Any) -> Attack:
     """Instantiate a registered attack from keyword arguments (e.g. from a config)."""
-    from advguard.typecheck import as_number, type_hints, value_fits
+    from advguard.typecheck import coerce_numbers
 
     cls = ATTACKS.get(name)
-    hints = type_hints(cls)
-    kwargs = {k: as_number(v, what=k) if isinstance(v, str) and k in hints
-              and value_fits(1.5, hints[k]) else v for k, v in kwargs.items()}  # "2/255"
+    kwargs = coerce_numbers(cls, kwargs)  # alpha: "2/255"
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 
 from advguard.errors import ConfigError
 from advguard.registry import Registry
+from advguard.typecheck import ALIASES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-LOSSES: Registry[LossFn] = Registry("attack loss", aliases={
-    "xent": "ce", "cross_entropy": "ce", "crossentropy": "ce", "cross-entropy": "ce",
-    "margin": "cw", "carlini": "cw", "carlini_wagner": "cw"})
+LOSSES: Registry[LossFn] = Registry("attack loss", aliases=ALIASES)
 
 
 def _max_other(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -388,11 +388,10 @@ def _check_fits(defense: nn.Module, x: torch.Tensor) -> None:
             raise InputValidationError(f"{who} are {x.dtype} but the model's weights are "
                                        f"{weight.dtype}; convert them (e.g. x.float())")
     facts = input_facts(defense)
-    c, h, w = x.shape[1:]
-    if (facts.channels is not None and facts.channels != c) or (
-            facts.size is not None and (facts.size, facts.size) != (h, w)):
+    if not facts.takes(tuple(x.shape[1:])):
+        c, h, w = x.shape[1:]
         raise InputValidationError(f"{who} have shape {c}x{h}x{w} but the model takes "
-                                   f"{facts.channels}x{facts.size}x{facts.size} images")
+                                   f"{facts.image_shape()} images")
 
 
 def check_params(cls: type, params: Mapping[str, Any], name: str,

@@ -42,6 +42,15 @@ class InputFacts:
     channels: int | None = None
     size: int | None = None
 
+    def takes(self, shape: tuple[int, ...]) -> bool:
+        """Whether images of ``shape`` (C, H, W) fit the known channels and size."""
+        c, h, w = shape
+        return (self.channels is None or self.channels == c) and (
+            self.size is None or (self.size, self.size) == (h, w))
+
+    def image_shape(self) -> str:
+        return f"{self.channels}x{self.size}x{self.size}"
+
     def mismatches(self, other: InputFacts) -> list[str]:
         """Each fact both know and disagree on, as ``"name: mine vs theirs"``."""
         out = []

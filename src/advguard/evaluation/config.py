@@ -125,11 +125,9 @@ class EvalConfig(FileConfig):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
         """As :meth:`FileConfig.from_dict`; ``eps`` may be written as a fraction ("8/255")."""
-        from advguard.typecheck import as_number
+        from advguard.typecheck import coerce_numbers
 
-        if isinstance(data, Mapping) and isinstance(data.get("eps"), str):
-            data = {**data, "eps": as_number(data["eps"], what="eps")}
-        return super().from_dict(data)
+        return super().from_dict(coerce_numbers(cls, data) if isinstance(data, Mapping) else data)
 
     name: str = ""
     dataset: str = "fashion-mnist-sample"

@@ -255,11 +255,10 @@ def check_model_fits(model: nn.Module, data: ImageDataset, config: EvalConfig
     facts = input_facts(model)
     c, h, w = data.images.shape[1:]
     where = f"{config.model or 'the model'}"
-    if (facts.channels is not None and facts.channels != c) or (
-            facts.size is not None and (facts.size, facts.size) != (h, w)):
+    if not facts.takes((c, h, w)):
         trained = f" (trained on {facts.dataset})" if facts.dataset else ""
-        raise ConfigError(f"{where} takes {facts.channels}x{facts.size}x{facts.size} images"
-                          f"{trained}, but {data.name}/{data.split} has {c}x{h}x{w} images")
+        raise ConfigError(f"{where} takes {facts.image_shape()} images{trained}, but "
+                          f"{data.name}/{data.split} has {c}x{h}x{w} images")
     x = data.images[:2].to(next(iter(model.parameters()), torch.empty(0)).device)
     states = rng_states(model)  # the probe must not consume the model's noise draws
     try:

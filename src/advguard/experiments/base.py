@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import fnmatch
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,10 +70,6 @@ class Experiment(ABC):
         """Hook: convert the kind's raw fields (lists → tuples, nested specs) before the
         dataclass is built. Default: unchanged."""
         return body
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.init and f.name != "path"]
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -139,10 +135,3 @@ def _train_spec(experiment: str, item: Any) -> TrainSpec:
     from advguard.configs import from_mapping
 
     return from_mapping(TrainSpec, item, what=f"experiment {experiment!r}, train entry")
-
-
-def as_tuple(body: dict[str, Any], *keys: str) -> None:
-    """Lists in ``body[key]`` become tuples (frozen configs hold tuples)."""
-    for key in keys:
-        if key in body and isinstance(body[key], Sequence) and not isinstance(body[key], str):
-            body[key] = tuple(body[key])

@@ -54,7 +54,7 @@ from advguard.configs import from_mapping
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalConfig, EvalSummary, RecordStore, evaluate
 from advguard.evaluation.harness import model_fingerprint
-from advguard.experiments.base import Experiment, as_tuple
+from advguard.experiments.base import Experiment
 
 METRICS = ("clean", "clean_worst", "robust")
 
@@ -130,7 +130,6 @@ class GridExperiment(Experiment):
         body["plots"] = tuple(from_mapping(PlotSpec, p, what=f"experiment {name!r}, plot")
                               for p in body.get("plots") or ())
         body["exclude"] = tuple(dict(e) for e in body.get("exclude") or ())
-        as_tuple(body, "train")
         return body
 
     def __post_init__(self) -> None:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from advguard.errors import ConfigError
-from advguard.experiments.base import Experiment, as_tuple
+from advguard.experiments.base import Experiment
 
 SPLITS = ("val", "test")
 KINDS = ("clean", "paper")
@@ -92,11 +92,6 @@ class SweepExperiment(Experiment):
     device: str = "auto"
     plot_prefix: str = ""
 
-    @classmethod
-    def prepare(cls, body: dict[str, Any]) -> dict[str, Any]:
-        as_tuple(body, "sigmas", "ms", "val_ms", "votes", "train")
-        return body
-
     def __post_init__(self) -> None:
         from advguard.defenses.smoothing import AVERAGES, VOTES
 
@@ -111,8 +106,8 @@ class SweepExperiment(Experiment):
             raise ConfigError("the sweep's attack needs a 'name'")
         if self.n_val < 1 or self.n_test < 1 or self.batch_size < 1:
             raise ConfigError("n_val, n_test and batch_size must be >= 1")
-        for key in ("sigmas", "ms", "votes"):
-            object.__setattr__(self, key, tuple(getattr(self, key)))
+        object.__setattr__(self, "ms", tuple(self.ms))
+        object.__setattr__(self, "votes", tuple(self.votes))
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
         val_ms = tuple(self.val_ms) if self.val_ms is not None else self.ms
         if not set(val_ms) <= set(self.ms):
@@ -260,6 +255,7 @@ def run_sweep(config: SweepExperiment, *, only: str | None = None,
 
     wanted = set(config.selected(only))
     device = resolve_device(config.device)
+    hashes = {split: config.unit_hash(split) for split in SPLITS}
     with RecordStore(config.store) as store, \
             tqdm(total=len(wanted), desc=config.name, unit="unit", disable=not progress) as bar:
         for split in SPLITS:
@@ -268,6 +264,7 @@ def run_sweep(config: SweepExperiment, *, only: str | None = None,
             if not labels:
                 continue
             data = load_split(config, split)
+            stored = store.units(config.name)
             for label in labels:
                 checkpoint = config.models[label]
                 loaded = load_checkpoint(checkpoint, device=device)
@@ -277,9 +274,8 @@ def run_sweep(config: SweepExperiment, *, only: str | None = None,
                 for p in model.parameters():
                     p.requires_grad_(False)
                 fingerprint = model_fingerprint(model)
-                done = {u.unit for u in store.units(config.name)
-                        if u.config_hash == config.unit_hash(split)
-                        and u.fingerprint == fingerprint}
+                done = {u.unit for u in stored
+                        if u.config_hash == hashes[split] and u.fingerprint == fingerprint}
                 for sigma in config.sigmas:
                     name = unit_name(split, label, sigma)
                     if name not in wanted:
@@ -288,7 +284,7 @@ def run_sweep(config: SweepExperiment, *, only: str | None = None,
                         unit = run_unit(config, model, label, split, sigma, data)
                         seconds = unit.pop("seconds")
                         store.write_unit(UnitRecord(
-                            config.name, name, config.unit_hash(split), fingerprint,
+                            config.name, name, hashes[split], fingerprint,
                             environment_info(device), seconds,
                             {"split": split, "model": label, "sigma": sigma,
                              "checkpoint": checkpoint, **unit}))
@@ -318,9 +314,10 @@ def load_points(config: SweepExperiment) -> list[Point]:
         return []
     latest: dict[str, dict[str, Any]] = {}
     with RecordStore(config.store) as store:
+        hashes = {split: config.unit_hash(split) for split in SPLITS}
         for u in store.units(config.name):
             r = u.result
-            if u.config_hash == config.unit_hash(r["split"]) and r["model"] in config.models:
+            if u.config_hash == hashes[r["split"]] and r["model"] in config.models:
                 latest[u.unit] = r
     return [Point(r["split"], r["model"], r["sigma"], row["kind"], row["vote"], row["m"],
                   row["acc"], r["n"]) for r in latest.values() for row in r["rows"]]

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from advguard.checkpoint import (
     FORMAT,
     STATE_FORMAT,
+    is_advguard_file,
     load_state,
     load_state_dict_file,
     save_checkpoint,
@@ -59,7 +60,7 @@ from advguard.data import (
     train_val_split,
 )
 from advguard.errors import AdvguardError, AdvguardWarning, ConfigError, OutputError
-from advguard.files import advguard_header, check_creatable
+from advguard.files import check_creatable
 from advguard.models import create_model
 from advguard.rng import rng_states, set_rng_states
 from advguard.training.config import TrainConfig
@@ -89,11 +90,10 @@ def _is_run_file(path: Path, *, with_run: bool) -> bool:
         return False
     if name.startswith((f".{STATE_FILE}.", f".{MODEL_FILE}.")):  # a save cut short by kill -9
         return True
-    if name in (STATE_FILE, MODEL_FILE):
-        header = advguard_header(path) or {}
-        if name == STATE_FILE:
-            return header.get("format") == STATE_FORMAT
-        return header.get("format") == FORMAT and "train_config" in header.get("metadata", {})
+    if name == STATE_FILE:
+        return is_advguard_file(path, STATE_FORMAT) is not None
+    if name == MODEL_FILE:
+        return "train_config" in (is_advguard_file(path, FORMAT) or {}).get("metadata", {})
     if name not in (CONFIG_FILE, RECORD_FILE):
         return False
     try:
