@@ -99,7 +99,8 @@ class SweepExperiment(Experiment):
         if not self.models or not self.sigmas or not self.ms:
             raise ConfigError("a sweep needs models, sigmas and ms")
         if any(m < 1 for m in self.ms) or any(s < 0 for s in self.sigmas):
-            raise ConfigError("ms must be >= 1 and sigmas >= 0")
+            raise ConfigError(f"ms must be >= 1 and sigmas >= 0, got ms={list(self.ms)}, "
+                              f"sigmas={list(self.sigmas)}")
         if any(v not in VOTES for v in self.votes) or self.average not in AVERAGES:
             raise ConfigError(f"votes must be in {VOTES} and average in {AVERAGES}")
         if "name" not in self.attack:
