@@ -69,6 +69,9 @@ CASES: list[tuple[str, Callable[[float, str], Attack]]] = [
     ("transfer", lambda eps, norm: transfer(_other_model(), PGD(eps=eps, norm=norm, steps=10))),
     ("epgd", lambda eps, norm: EPGD(eps=eps, norm=norm, steps=10, k=2)),
     ("smoothadv", lambda eps, norm: SmoothAdv(eps=eps, norm=norm, steps=10, m=4, sigma=0.05)),
+    ("auto-pgd", lambda eps, norm: make_attack("auto-pgd", eps=eps, norm=norm, steps=10)),
+    ("auto-pgd-t", lambda eps, norm: make_attack("auto-pgd", eps=eps, norm=norm, steps=5,
+                                                 targets=2)),
     ("nattack", lambda eps, norm: NAttack(eps=eps, norm=norm, steps=30, population=20, lr=0.05,
                                           search_size=14, check_every=5)),
 ]

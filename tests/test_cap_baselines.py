@@ -122,7 +122,7 @@ def test_mi_ol_mixes_with_other_class_pool_images_and_averages() -> None:
     out = mi(x)
     # replay the draws: chunks of 3, 3, 1 from a generator seeded like the defense's
     gen = torch.Generator().manual_seed(4)
-    idx = torch.cat([mi.draw_partners(pred, 3, k, gen) for k in (3, 3, 1)])   # (7, 50)
+    idx = torch.cat([mi.draw_partners(pred, 3, k, gen, x=x) for k in (3, 3, 1)])  # (7, 50)
     partners = mi.pool_images[idx]
     mixed = 0.6 * x[None] + 0.4 * partners                                    # Eq. of MI-OL
     expected = model(mixed.flatten(0, 1)).softmax(1).view(7, 50, 3).mean(0).log()

@@ -75,7 +75,8 @@ def test_train_command_writes_a_checkpoint(tmp_path: Path,
 
 
 def test_quickstart_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["quickstart", "--epochs", "2", "--quiet", "--output", str(tmp_path)]) == 0
+    assert main(["quickstart", "--epochs", "2", "--n", "40", "--quiet", "--output",
+                 str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = {line.split("  ")[0]: line for line in out.splitlines()}
     assert "zero_gradients" in lines["bit depth, naive attack (no BPDA)"]
@@ -86,3 +87,8 @@ def test_quickstart_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert worst <= oblivious <= clean  # the cascade's worst case never exceeds a step of it
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert (tmp_path / "records.sqlite").exists()
+    # rows at the reduced preset are named, with the command of the full-strength evaluation
+    assert "quick (reduced)" in lines["SMOOTH (m=8, σ=0.2, prediction vote)"]
+    assert "standard" in lines["no defense"]
+    assert f"advguard eval --model {tmp_path}/model/model.safetensors" in out
+    assert "--preset auto" in out and "Reduced budget" in out

@@ -222,7 +222,8 @@ def test_differentiable_defense_has_finite_nonzero_input_gradients(spec_id: str)
 def test_bpda_path_has_the_forward_value_and_a_useful_gradient(spec_id: str) -> None:
     """``forward_bpda``: the defense's output (same draws for the same seed) with the gradient
     of its declared surrogates, finite and non-zero also where the defense is not
-    differentiable."""
+    differentiable — or, for a defense declaring ``bpda_value = "surrogate"`` (a hard vote), the
+    surrogate's own value: a probability vector over the same draws."""
     model = _model()
     defense, x = _build(spec_id, model), _inputs()
     with torch.no_grad():
@@ -232,7 +233,12 @@ def test_bpda_path_has_the_forward_value_and_a_useful_gradient(spec_id: str) -> 
     out = defense.forward_bpda(xg)
     assert out.shape == (BATCH, CLASSES)
     assert bool(torch.isfinite(out).all())
-    torch.testing.assert_close(out.detach(), exact, rtol=1e-5, atol=1e-6)
+    if defense.bpda_value == "exact":
+        torch.testing.assert_close(out.detach(), exact, rtol=1e-5, atol=1e-6)
+    else:
+        assert defense.bpda_value == "surrogate" and defense.traits.output == "probs"
+        torch.testing.assert_close(out.detach().sum(1), torch.ones(BATCH), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(out.detach(), exact)  # a soft vote, not the hard one
     (grad,) = torch.autograd.grad(_loss(out, defense.traits.output), xg, allow_unused=True)
     assert grad is not None, "the BPDA output does not depend on the input through autograd"
     assert bool(torch.isfinite(grad).all())

@@ -172,6 +172,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from advguard.quickstart import run_quickstart
 
     report = run_quickstart(output_dir=args.output, epochs=args.epochs, progress=not args.quiet,
+                            n_examples=args.n,
                             device=args.device)
     print(report.render())
     return 0
@@ -185,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in
                                  ("dataset", "split", "n", "model", "norm", "eps", "runs", "seed",
-                                  "device", "batch_size", "name", "subset")
+                                  "device", "batch_size", "name", "subset", "preset")
                                  if getattr(args, k) is not None}
     if args.defense is not None:
         overrides["defense"] = _parse_value(args.defense, what="--defense") \
@@ -382,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", action="append", metavar="SETTING:ATTACK[:k=v,...]",
                    help="a cascade step, repeatable, in order; "
                         "e.g. adaptive:pgd:steps=20,alpha=0.01")
+    p.add_argument("--preset", metavar="NAME",
+                   help="attack preset run after the --attack steps: auto (the default without "
+                        "--attack: standard for deterministic defenses, rand for randomized), "
+                        "standard, rand, quick (reduced budget), none (clean only)")
     p.add_argument("--dataset")
     p.add_argument("--split")
     p.add_argument("--n", type=int, help="number of examples")
@@ -447,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None,
                    help="directory for the checkpoint (default: a temporary directory)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    p.add_argument("--n", type=int, default=200, help="test images attacked (default 200)")
     p.add_argument("--device", default="cpu", help="device (default cpu)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

@@ -2,11 +2,13 @@
 package — no download, CPU only, about a minute on two cores.
 
 1. train the small CNN of ``configs/train/quickstart.yaml`` on the sample's training split;
-2. attack it with PGD (no defense);
+2. attack it with the default attack preset (APGD-CE and APGD-T, no defense);
 3. put each reference defense in front of it — bit-depth reduction (deterministic, not
    differentiable) and Gaussian input noise (randomized) — and evaluate each under the
    *oblivious* protocol (attack the undefended model, as many papers do) and then under the
-   *adaptive* one (BPDA through the quantizer, EOT over the noise), as one worst-case cascade;
+   *adaptive* one (BPDA through the quantizer, EOT over the noise), as one worst-case cascade
+   (the presets of :mod:`advguard.evaluation.presets`; the randomized and dynamic rows at the
+   reduced ``quick`` budget, with the command for the full-strength evaluation printed);
 4. show what happens when bit-depth reduction is attacked naively (no BPDA): robustness looks
    high, and the reliability flags say why it should not be believed;
 5. two of the papers' defenses in front of the same model: CAP (counteracting perturbations for
@@ -26,8 +28,9 @@ from typing import Any
 
 from advguard.configs import config_path
 from advguard.data import first_n, load_dataset
-from advguard.errors import OutputError
+from advguard.errors import ConfigError, OutputError
 from advguard.evaluation import EvalConfig, StepSpec, evaluate
+from advguard.evaluation.presets import PRESETS
 from advguard.files import check_creatable, file_kind
 from advguard.reports import pct
 from advguard.reports.render import render_table
@@ -37,7 +40,6 @@ from advguard.training.loop import check_run_dir
 QUICKSTART_CONFIG = "train/quickstart"
 EPS = 0.1
 N_EXAMPLES = 200
-PGD = {"attack": "pgd", "steps": 10, "alpha": 0.025}
 STORE_FILE = "records.sqlite"
 
 
@@ -53,24 +55,40 @@ class QuickstartReport:
         return "\n".join([render_table(self.header, self.rows), "", *self.notes])
 
 
-def _evaluations() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
-    """(row label, defense spec, cascade)."""
-    oblivious = {"setting": "oblivious", **PGD}
-    adaptive = {"setting": "adaptive", **PGD, "eot": 10}
+@dataclass(frozen=True)
+class Row:
+    """One quickstart evaluation: a label, a defense spec, explicit steps and a preset."""
+
+    label: str
+    defense: dict[str, Any]
+    steps: tuple[dict[str, Any], ...] = ()
+    preset: str = "standard"
+
+
+def _evaluations() -> list[Row]:
+    """The rows: the undefended model at the full ``standard`` preset, the defenses at the
+    reduced ``quick`` preset (a gradient through CAP or SMOOTH costs 8 to 20 forward passes)."""
     return [
-        ("no defense", {"name": "none"}, [adaptive]),
-        ("bit depth (2 bits)", {"name": "bit_depth", "bits": 2}, [oblivious, adaptive]),
-        ("Gaussian noise (σ=0.2)", {"name": "gaussian_noise", "sigma": 0.2},
-         [oblivious, adaptive]),
-        ("bit depth, naive attack (no BPDA)", {"name": "bit_depth", "bits": 2},
-         [{**adaptive, "bpda": False}]),
-        ("CAP (N=9, α=0.05, μ=0.1)", {"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1},
-         [oblivious, {"setting": "adaptive", **PGD},
-          {"setting": "adaptive", **PGD, "bpda": True}]),
-        ("SMOOTH (m=8, σ=0.2, prediction vote)",
-         {"name": "smoothing", "m": 8, "sigma": 0.2, "vote": "prediction"},
-         [oblivious, {"setting": "adaptive", **PGD, "eot": 1}]),
+        Row("no defense", {"name": "none"}),
+        Row("bit depth (2 bits)", {"name": "bit_depth", "bits": 2}, preset="quick"),
+        Row("Gaussian noise (σ=0.2)", {"name": "gaussian_noise", "sigma": 0.2}, preset="quick"),
+        Row("bit depth, naive attack (no BPDA)", {"name": "bit_depth", "bits": 2},
+            ({"setting": "adaptive", "attack": "auto-pgd", "steps": 20, "bpda": False,
+              "label": "naive APGD-CE-20 (no BPDA)"},), preset="none"),
+        Row("CAP (N=9, α=0.05, μ=0.1)", {"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1},
+            preset="quick"),
+        Row("SMOOTH (m=8, σ=0.2, prediction vote)",
+            {"name": "smoothing", "m": 8, "sigma": 0.2, "vote": "prediction"}, preset="quick"),
     ]
+
+
+def full_strength_command(row: Row, checkpoint: str, n: int) -> str:
+    """The ``advguard eval`` command that runs ``row`` with the default (full-strength) preset."""
+    import json
+
+    spec = json.dumps(row.defense, ensure_ascii=False).replace('"', "")
+    return (f"advguard eval --model {checkpoint} --dataset fashion-mnist-sample --n {n} "
+            f"--eps {EPS} --defense \"{spec}\" --preset auto")
 
 
 def check_output_dir(out: Path) -> None:
@@ -94,10 +112,14 @@ def check_output_dir(out: Path) -> None:
 
 
 def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None = None,
-                   progress: bool = True, device: str = "cpu") -> QuickstartReport:
-    """Train the small CNN on the embedded sample, attack it with and without the two reference
-    defenses, and return the table. Checkpoint and records land in ``output_dir`` (a temporary
-    directory when None)."""
+                   progress: bool = True, device: str = "cpu",
+                   n_examples: int = N_EXAMPLES) -> QuickstartReport:
+    """Train the small CNN on the embedded sample, attack it with and without the reference and
+    paper defenses, and return the table. Checkpoint and records land in ``output_dir`` (a
+    temporary directory when None); ``n_examples``: test images attacked (200)."""
+    if not 1 <= n_examples <= 1000:
+        raise ConfigError(f"n_examples must be in [1, 1000] (the sample's test split), got "
+                          f"{n_examples}")
     config = TrainConfig.from_file(config_path(QUICKSTART_CONFIG), device=device, epochs=epochs)
     if output_dir is not None:
         check_output_dir(Path(output_dir))
@@ -107,41 +129,64 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
         result = train(config, output_dir=out / "model", progress=progress,
                        resume=output_dir is not None)
         trained = time.perf_counter() - started
-        data = first_n(load_dataset("fashion-mnist-sample", "test"), N_EXAMPLES)
-        report = QuickstartReport(header=["defense", "clean %", "oblivious PGD %",
-                                          "adaptive worst case %", "flags"])
-        for label, defense, steps in _evaluations():
+        data = first_n(load_dataset("fashion-mnist-sample", "test"), n_examples)
+        report = QuickstartReport(header=["defense", "clean %", "oblivious %",
+                                          "adaptive worst case %", "attacks", "flags"])
+        reduced: list[Row] = []
+        for row in _evaluations():
             eval_config = EvalConfig(
-                name=f"quickstart: {label}", dataset="fashion-mnist-sample", n=N_EXAMPLES,
-                defense=defense, eps=EPS, steps=tuple(StepSpec.from_dict(s) for s in steps),
-                runs=5, seed=0, device=device,
-                batch_size=N_EXAMPLES, checks=True, check_examples=32)
+                name=f"quickstart: {row.label}", dataset="fashion-mnist-sample", n=n_examples,
+                defense=row.defense, eps=EPS,
+                steps=tuple(StepSpec.from_dict(s) for s in row.steps), preset=row.preset,
+                runs=5, seed=0, device=device, batch_size=n_examples, checks=True,
+                check_examples=16)
             summary = evaluate(eval_config, store=out / STORE_FILE, model=result.model,
                                data=data, progress=False)
             oblivious = next((s for s in summary.steps if s.setting == "oblivious"), None)
             flags = ", ".join(sorted({f.flag for f in summary.fired_flags})) or "none"
-            report.rows.append([label, pct(summary.clean_acc),
+            preset = PRESETS.get(row.preset) if row.preset in PRESETS else None
+            if preset is not None and preset.reduced:
+                reduced.append(row)
+            budget = "one naive step" if preset is None else \
+                f"{row.preset}{' (reduced)' if preset.reduced else ''}"
+            report.rows.append([row.label, pct(summary.clean_acc),
                                 pct(oblivious.robust_acc) if oblivious else "—",
-                                pct(summary.robust_acc), flags])
+                                pct(summary.robust_acc), budget, flags])
         total = time.perf_counter() - started
+        checkpoint = str(out / "model" / "model.safetensors") if output_dir is not None \
+            else "runs/quick/model/model.safetensors"
         report.notes += [
             f"SmallCNN trained {config.epochs} epochs on the F-MNIST sample "
             f"({100 * result.record.final['test_acc']:.1f}% on its 1,000 test images) in "
-            f"{trained:.0f} s; attacks on the first {N_EXAMPLES} test images, L∞ ε = {EPS}, "
-            f"PGD-10; {total:.0f} s in all on {device}.",
-            "Oblivious: PGD crafted on the undefended model, then classified by the defense "
-            "(the protocol of many defense papers).",
-            "Adaptive worst case: an example counts as robust only if it survives the oblivious "
-            "attack and PGD through the defense (BPDA for bit depth, EOT-10 for noise; for CAP "
-            "both its exact gradient and the BPDA soft-sign surrogate; for SMOOTH the soft vote "
-            "over the same 8 draws as surrogate), in every one of 5 runs for the randomized "
-            "defenses (CAP with all 9 non-predicted labels is deterministic).",
-            "The last row attacks bit depth without BPDA: its gradients are zero, PGD cannot move,"
-            " and the reliability flags (zero_gradients, eps_insensitive) say the number is not "
-            "to be trusted; randomized_output says the noise defense needs EOT and repeated runs."
-            " Flags are explained in reports: see `advguard eval --help`, `advguard report "
-            "--help`.",
+            f"{trained:.0f} s; attacks on the first {n_examples} test images, L∞ ε = {EPS}; "
+            f"{total:.0f} s in all on {device}.",
+            "Attacks: advguard's attack presets, composed from each defense's declared traits "
+            "(`advguard eval --help`): 'standard' = APGD-CE-100 and APGD-T-100 over 9 target "
+            "classes (the gradient attacks of AutoAttack standard); 'quick' = APGD-CE-20 and "
+            "APGD-T-20 over 1 target, EOT over 4 draws. Through the defense: BPDA for bit depth, "
+            "EOT on the expected softmax for the noise, CAP's exact gradient and its soft-sign "
+            "surrogate, SMOOTH's soft vote over the same 8 draws.",
+            "Oblivious: APGD crafted on the undefended model, then classified by the defense (the "
+            "protocol of many defense papers). Adaptive worst case: robust only if the example "
+            "survives every attack, in every one of 5 runs for the randomized defenses (CAP with "
+            "all 9 non-predicted labels is deterministic).",
+            "The naive row attacks bit depth without BPDA: its gradients are zero, the attack "
+            "cannot move, and the reliability flags (zero_gradients, eps_insensitive) say the "
+            "number is not to be trusted; randomized_output says the noise defense needs EOT and "
+            "repeated runs. Flags are explained in reports: see `advguard report --help`.",
         ]
+        if reduced:
+            report.notes.append(
+                "Reduced budget (to keep the quickstart short on a CPU): "
+                + ", ".join(r.label for r in reduced) + ". Their full-strength numbers (the "
+                "default preset 'auto': 'standard' = 100 iterations and 9 targets for the "
+                "deterministic ones, 'rand' = 100 iterations, 3 targets and EOT over 20 draws for "
+                "the randomized ones) can only be lower or equal; run"
+                + ("" if output_dir is not None else
+                   " `advguard quickstart --output runs/quick` to keep the checkpoint, then")
+                + ":")
+            report.notes += [f"  {full_strength_command(r, checkpoint, n_examples)}"
+                             for r in reduced]
         if output_dir is not None:
             report.notes.append(f"checkpoint: {result.checkpoint}; records: "
                                 f"{out / STORE_FILE}")

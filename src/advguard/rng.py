@@ -4,9 +4,11 @@ Used by randomized defenses and by randomized model components (noise-injection 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -215,3 +217,223 @@ def mean_probs(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, draw
         total = part if total is None else total + part
     assert total is not None
     return (total / draws).clamp_min(1e-12).log()
+
+
+# --------------------------------------------------------------------------- per-example draws
+# Per-example draws. Inside :func:`example_draws` (set by the evaluation harness around each stage
+# of a chunk) a draw made for a row of a batch is a function of (stage seed, the example the row
+# belongs to, how many calls of this kind that example has seen, the row's occurrence among the
+# rows of the same example in the call, the drawing module, its call count inside the current
+# defense call, the stacked copy) -- never of which other examples share the batch. Rows are
+# matched to examples by the nearest clean input (L2): attacks move inputs within a small ball
+# and may pass any subset, stacked copies or restarts of the rows they were given. Draws come
+# from a counter-based generator (SplitMix64 on int64 tensors), identical on every device.
+_C1 = -4658895280553007687    # 0xbf58476d1ce4e5b9 as int64
+_C2 = -7723592293110705685    # 0x94d049bb133111eb
+_GOLDEN = -7046029254386353131  # 0x9e3779b97f4a7c15
+
+
+def _srl(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 values."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """The SplitMix64 finalizer on an int64 tensor (wrapping arithmetic): a bijective hash."""
+    z = (z ^ _srl(z, 30)) * _C1
+    z = (z ^ _srl(z, 27)) * _C2
+    return z ^ _srl(z, 31)
+
+
+def combine(keys: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
+    """Keys (int64) extended by ``value`` (an int or an int64 tensor broadcasting with them)."""
+    return mix64(keys * _GOLDEN + value)
+
+
+def _signed(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _name_key(text: str) -> int:
+    return _signed(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little"))
+
+
+def _bits(keys: torch.Tensor, numel: int, offset: int = 0) -> torch.Tensor:
+    counter = (torch.arange(numel, device=keys.device, dtype=torch.int64) + offset) * _GOLDEN
+    return mix64(mix64(keys)[:, None] + counter[None, :])
+
+
+def keyed_uniform(keys: torch.Tensor, shape: tuple[int, ...], *,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform draws in [0, 1) of shape ``(len(keys), *shape)``: row ``i`` a function of
+    ``keys[i]`` alone (float64: 53 random bits, else 24)."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    z = _bits(keys, numel)
+    if dtype == torch.float64:
+        out = _srl(z, 11).double() * 2.0 ** -53
+    else:
+        out = (_srl(z, 40).float() * 2.0 ** -24).to(dtype)
+    return out.view(len(keys), *shape)
+
+
+def keyed_normal(keys: torch.Tensor, shape: tuple[int, ...], *,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal draws (Box–Muller on two keyed uniforms), otherwise as
+    :func:`keyed_uniform`."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    u1 = (_srl(_bits(keys, numel), 11).double() + 1.0) * 2.0 ** -53   # (0, 1]
+    u2 = _srl(_bits(keys, numel, offset=numel), 11).double() * 2.0 ** -53
+    out = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
+    return out.to(dtype).view(len(keys), *shape)
+
+
+@dataclass
+class _Examples:
+    """The examples of one harness stage: their clean inputs, keys and call counts."""
+
+    seed: int
+    clean: torch.Tensor            # (n, D) float32
+    sq_norms: torch.Tensor         # (n,)
+    keys: torch.Tensor             # (n,) int64
+    names: Mapping[int, str]       # id(module) -> stable name, for drawing modules
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, x: torch.Tensor, namespace: str) -> torch.Tensor | None:
+        """Keys for the rows of ``x`` in ``namespace``: (stage seed, namespace, example, the
+        example's call count in the namespace, occurrence of the example among the rows)."""
+        flat = x.detach().flatten(1).float()
+        if flat.shape[1] != self.clean.shape[1] or flat.shape[0] == 0:
+            return None
+        clean = self.clean.to(flat.device)
+        dist = (flat * flat).sum(1, keepdim=True) + self.sq_norms.to(flat.device)[None, :] \
+            - 2.0 * flat @ clean.T
+        slot = dist.argmin(1)
+        order = torch.argsort(slot, stable=True)
+        ranked = slot[order]
+        first = torch.searchsorted(ranked, ranked, right=False)
+        occurrence = torch.empty_like(slot)
+        occurrence[order] = torch.arange(len(slot), device=slot.device) - first
+        counts = self.counts.get(namespace)
+        if counts is None:
+            counts = self.counts[namespace] = torch.zeros(len(self.keys), dtype=torch.int64)
+        counts = counts.to(slot.device)
+        seen = counts[slot]
+        counts[torch.unique(slot)] += 1
+        self.counts[namespace] = counts
+        keys = combine(combine(torch.full_like(slot, _signed(self.seed)),
+                               _name_key(namespace)), self.keys.to(slot.device)[slot])
+        return combine(combine(keys, seen), occurrence)
+
+
+@dataclass
+class _Rows:
+    """Inside the outermost defense call: the keys of its input rows, and each drawing module's
+    call count within the call."""
+
+    keys: torch.Tensor
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+_EXAMPLES: contextvars.ContextVar[_Examples | None] = contextvars.ContextVar(
+    "advguard_examples", default=None)
+_ROWS: contextvars.ContextVar[_Rows | None] = contextvars.ContextVar("advguard_rows",
+                                                                     default=None)
+
+
+@contextmanager
+def example_draws(x: torch.Tensor, examples: torch.Tensor | list[int], seed: int, *,
+                  modules: nn.Module | None = None) -> Iterator[None]:
+    """Within the context, draws made through :func:`rand_rows` / :func:`randn_rows` for rows
+    belonging to the clean inputs ``x`` (matched to the nearest) are keyed by ``(seed, example
+    id, ...)`` with ``examples`` the ids of ``x``'s rows, so an example's draws do not depend on
+    the batch it is in. ``modules``: the defense, whose drawing submodules are told apart by
+    their names in it (stable across chunks)."""
+    ids = torch.as_tensor(examples, dtype=torch.int64).cpu()
+    if ids.shape != (x.shape[0],):
+        raise ValueError(f"examples must hold one id per row of x ({x.shape[0]}), got "
+                         f"{tuple(ids.shape)}")
+    flat = x.detach().flatten(1).float()
+    names = {id(m): name for name, m in modules.named_modules()} if modules is not None else {}
+    table = _Examples(int(seed), flat, (flat * flat).sum(1), mix64(ids * _GOLDEN + 1), names)
+    token = _EXAMPLES.set(table)
+    rows_token = _ROWS.set(None)
+    try:
+        yield
+    finally:
+        _ROWS.reset(rows_token)
+        _EXAMPLES.reset(token)
+
+
+@contextmanager
+def call_rows(x: torch.Tensor) -> Iterator[None]:
+    """Around the outermost call of a defense: inside :func:`example_draws`, key the rows of
+    ``x`` (nested calls and the draws of their modules then follow these rows, through stacked
+    copies). A no-op elsewhere and inside an outer call."""
+    table = _EXAMPLES.get()
+    if table is None or _ROWS.get() is not None:
+        yield
+        return
+    keys = table.rows(x, "defense")
+    token = _ROWS.set(_Rows(keys) if keys is not None else None)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def row_keys(x: torch.Tensor, stream: str, module: nn.Module | None = None
+             ) -> torch.Tensor | None:
+    """Per-row keys for a draw by ``module`` (or an attack: ``stream``) on the rows of ``x``,
+    or None outside :func:`example_draws` (the caller then uses its generator)."""
+    table = _EXAMPLES.get()
+    if table is None:
+        return None
+    name = table.names.get(id(module), type(module).__name__) if module is not None else ""
+    label = f"{name}/{stream}"
+    rows = _ROWS.get()
+    if rows is None:
+        return table.rows(x, label)
+    base = len(rows.keys)
+    if base == 0 or x.shape[0] % base:
+        return None  # a layout the protocol cannot follow: the generator decides
+    copies = x.shape[0] // base
+    call = rows.calls.get(label, 0)
+    rows.calls[label] = call + 1
+    keys = rows.keys.to(x.device).repeat(copies)
+    copy = torch.arange(copies, device=x.device).repeat_interleave(base)
+    return combine(combine(combine(keys, _name_key(label)), call), copy)
+
+
+def rand_rows(x: torch.Tensor, shape: tuple[int, ...] | None = None, *,
+              generator: torch.Generator, stream: str = "", module: nn.Module | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uniform draws in [0, 1) of shape ``(x.shape[0], *shape)`` (``shape`` None: ``x.shape[1:]``)
+    on ``x``'s device, one row per row of ``x``. Inside :func:`example_draws` (the harness) each
+    row's draws are a function of the example the row belongs to, not of the batch; otherwise
+    they come from ``generator``. ``stream`` names the purpose and ``module`` the drawing module
+    (draws of different streams and modules are independent)."""
+    size = (x.shape[0], *(x.shape[1:] if shape is None else shape))
+    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    keys = row_keys(x, stream, module)
+    if keys is not None:
+        return keyed_uniform(keys, tuple(size[1:]), dtype=dtype).to(x.device)
+    return torch.rand(size, generator=generator, device=generator.device,
+                      dtype=dtype).to(x.device)
+
+
+def randn_rows(x: torch.Tensor, shape: tuple[int, ...] | None = None, *,
+               generator: torch.Generator, stream: str = "", module: nn.Module | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal draws, otherwise as :func:`rand_rows`."""
+    size = (x.shape[0], *(x.shape[1:] if shape is None else shape))
+    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    keys = row_keys(x, stream, module)
+    if keys is not None:
+        return keyed_normal(keys, tuple(size[1:]), dtype=dtype).to(x.device)
+    return torch.randn(size, generator=generator, device=generator.device,
+                       dtype=dtype).to(x.device)

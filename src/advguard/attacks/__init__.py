@@ -1,6 +1,7 @@
 """Attacks: a verified-result protocol (:class:`Attack`), our own attacks, model wrappers (BPDA,
 EOT, majority vote) and adapters to maintained libraries."""
 
+from advguard.attacks.apgd import AutoPGD
 from advguard.attacks.autoattack import APGD, FAB, APGDTargeted, AutoAttack, Square
 from advguard.attacks.base import (
     ATTACKS,
@@ -24,9 +25,9 @@ from advguard.attacks.wrappers import BPDA, EOT, MajorityVote, input_gradient, p
 
 __all__ = [
     "APGD", "ATTACKS", "BPDA", "DDN", "EOT", "EPGD", "FAB", "FGSM", "LOSSES", "PGD",
-    "APGDTargeted", "Attack", "AttackResult", "AutoAttack", "Boundary", "CarliniWagnerL2",
-    "GenAttack", "HopSkipJump", "LogitsOf", "MajorityVote", "NAttack", "SmoothAdv", "Square",
-    "ThreatModel", "Transfer",
+    "APGDTargeted", "Attack", "AttackResult", "AutoAttack", "AutoPGD", "Boundary",
+    "CarliniWagnerL2", "GenAttack", "HopSkipJump", "LogitsOf", "MajorityVote", "NAttack",
+    "SmoothAdv", "Square", "ThreatModel", "Transfer",
     "as_logits_model", "get_loss", "input_gradient",
     "make_attack", "per_example_loss", "resolve_target", "transfer",
 ]

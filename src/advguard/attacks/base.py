@@ -245,7 +245,7 @@ class Attack(abc.ABC):
                                        "scores on the clean inputs; an attack on it means nothing")
         num_classes = clean_logits.shape[1]
         check_labels(y, x.shape[0], num_classes)
-        resolved = resolve_target(target, clean_logits, y, generator)
+        resolved = resolve_target(target, clean_logits, y, generator, x=x)
 
         original = x.clone()  # the check must not trust a tensor the attack could modify
         adv = self.perturb(counter, x, y, target=resolved, generator=generator)
@@ -275,8 +275,10 @@ class Attack(abc.ABC):
 
 
 def resolve_target(target: Target, clean_logits: torch.Tensor, y: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor | None:
-    """Turn the ``target`` argument into a label tensor (or None for untargeted)."""
+                   generator: torch.Generator, *, x: torch.Tensor | None = None
+                   ) -> torch.Tensor | None:
+    """Turn the ``target`` argument into a label tensor (or None for untargeted); ``x``: the
+    inputs, whose rows draw the random targets (per example inside the harness)."""
     n, k = clean_logits.shape
     if target is None:
         return None
@@ -284,8 +286,16 @@ def resolve_target(target: Target, clean_logits: torch.Tensor, y: torch.Tensor,
         if target == "least_likely":
             return clean_logits.argmin(1)
         if target == "random":
-            offset = torch.randint(1, k, (n,), generator=generator, device=generator.device)
-            return (y + offset.to(y.device)) % k
+            if x is not None:
+                from advguard.rng import rand_rows
+
+                u = rand_rows(x, (), generator=generator, stream="target",
+                              dtype=torch.float64).to(y.device)
+                offset = 1 + (u * (k - 1)).floor().long().clamp_max(k - 2)
+            else:
+                offset = torch.randint(1, k, (n,), generator=generator,
+                                       device=generator.device).to(y.device)
+            return (y + offset) % k
         raise InputValidationError(
             f"target must be a tensor, 'least_likely', 'random' or None, got {target!r}")
     if not isinstance(target, torch.Tensor):

@@ -13,6 +13,7 @@ from torch import nn
 
 from advguard.attacks.base import ATTACKS, Attack
 from advguard.errors import ConfigError
+from advguard.rng import randn_rows
 
 _TANH_BOUND = 1 - 1e-6  # arctanh(±1) is infinite: the reference code scales by 0.999999
 
@@ -88,7 +89,7 @@ class NAttack(Attack):
         base = torch.atanh(unit)
         shape = x.shape if self.search_size is None else \
             (*x.shape[:-2], self.search_size, self.search_size)
-        mu = 0.001 * torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        mu = 0.001 * randn_rows(x, tuple(shape[1:]), generator=generator, stream="nattack/mu")
         best = x.clone()
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         p = self.population
@@ -105,8 +106,8 @@ class NAttack(Attack):
                 if idx.numel() == 0:
                     break
             n = idx.numel()
-            eps_ = torch.randn((p, n, *shape[1:]), generator=generator, device=x.device,
-                               dtype=x.dtype)
+            eps_ = randn_rows(x[idx], (p, *shape[1:]), generator=generator,
+                              stream="nattack/search").transpose(0, 1)
             z = mu[idx].unsqueeze(0) + self.sigma * eps_
             full = (p, n, *x.shape[1:])
             images = self._images(x[idx].unsqueeze(0).expand(full).flatten(0, 1),

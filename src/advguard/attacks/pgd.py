@@ -12,18 +12,20 @@ from advguard.attacks.base import ATTACKS, Attack
 from advguard.attacks.losses import get_loss
 from advguard.attacks.wrappers import input_gradient
 from advguard.errors import ConfigError
+from advguard.rng import rand_rows, randn_rows
 
 
-def random_start(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator
-                 ) -> torch.Tensor:
+def random_start(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator, *,
+                 stream: str = "pgd/start") -> torch.Tensor:
     """A random point of the ε-ball around ``x``: uniform per coordinate (L∞) or a uniformly
-    random direction with radius ``eps·u``, ``u ~ U(0, 1)`` (L2)."""
+    random direction with radius ``eps·u``, ``u ~ U(0, 1)`` (L2). Drawn per row
+    (:func:`advguard.rng.rand_rows`: per example inside the evaluation harness)."""
     if norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = rand_rows(x, generator=generator, stream=stream)
         return x + (2 * noise - 1) * eps
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = randn_rows(x, generator=generator, stream=stream)
     direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+    radius = rand_rows(x, (), generator=generator, stream=stream + "/radius")
     return x + direction * (eps * radius).view(-1, 1, 1, 1)
 
 

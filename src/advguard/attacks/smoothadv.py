@@ -13,7 +13,7 @@ from torch import nn
 from advguard.attacks.base import ATTACKS, as_logits_model
 from advguard.attacks.pgd import PGD
 from advguard.errors import ConfigError
-from advguard.rng import mean_probs
+from advguard.rng import mean_probs, randn_rows
 
 
 class _SoftSmoothed(nn.Module):
@@ -33,8 +33,8 @@ class _SoftSmoothed(nn.Module):
     def _noise(self, x: torch.Tensor, i: int, k: int) -> torch.Tensor:
         if self.noise is not None:
             return self.noise[i:i + k].reshape(k * x.shape[0], *x.shape[1:])
-        return torch.cat([torch.randn(x.shape, generator=self.gen, device=x.device,
-                                      dtype=x.dtype) for _ in range(k)])
+        return torch.cat([randn_rows(x, generator=self.gen, stream="smoothadv/noise")
+                          for _ in range(k)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         start = [0]
@@ -91,8 +91,8 @@ class SmoothAdv(PGD):
              target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         noise = None
         if self.fixed_noise and self.sigma > 0:
-            noise = torch.stack([torch.randn(x.shape, generator=generator, device=x.device,
-                                             dtype=x.dtype) for _ in range(self.m)])
+            noise = torch.stack([randn_rows(x, generator=generator, stream="smoothadv/fixed")
+                                 for _ in range(self.m)])
         smoothed = _SoftSmoothed(model, m=self.m, sigma=self.sigma, chunk=self.chunk, noise=noise,
                                  generator=generator)
         return super()._run(smoothed, x, y, target, generator)

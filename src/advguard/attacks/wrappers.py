@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advguard.attacks.base import as_logits_model
-from advguard.rng import iter_draws, mean_probs
+from advguard.rng import call_rows, iter_draws, mean_probs
 
 LossOnLogits = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -45,7 +45,8 @@ class BPDA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fn = self.defense.forward_bpda
         assert callable(fn)
-        return fn(x)
+        with call_rows(x):  # the rows' own draws inside the harness, as a defense call
+            return fn(x)
 
 
 def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -69,18 +70,27 @@ class EOT(_OverDraws):
     """Average over ``samples`` draws of a randomized model's randomness.
 
     ``expected_loss(x, y, target, loss)`` returns the per-example loss averaged over draws (the
-    mean of the per-draw losses), whose input gradient is the EOT gradient. Used as a plain module
+    mean of the per-draw losses, whose input gradient is the EOT gradient; ``objective=
+    "mean_loss"``) or the loss of the expected softmax (``objective="expected_softmax"``: the
+    objective of a vote or an average over draws, stronger against them). Used as a plain module
     it returns ``log mean_i softmax(f_i(x))`` (the expected softmax: attacks on it maximize the
     loss of the expected prediction). The draws follow the draws protocol
     (:func:`advguard.rng.iter_draws`): ``chunk`` stacked copies per forward, one independent
     draw of every noise source (PNI/CNI weight noise included) per copy.
     """
 
-    def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10) -> None:
+    def __init__(self, model: nn.Module, samples: int = 20, *, chunk: int = 10,
+                 objective: str = "mean_loss") -> None:
         super().__init__(model, samples, chunk=chunk)
+        if objective not in ("mean_loss", "expected_softmax"):
+            raise ValueError(f"objective must be 'mean_loss' or 'expected_softmax', got "
+                             f"{objective!r}")
+        self.objective = objective
 
     def expected_loss(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                       loss: LossOnLogits) -> torch.Tensor:
+        if self.objective == "expected_softmax":
+            return loss(self.forward(x), y, target)
         total = x.new_zeros(x.shape[0], dtype=torch.float32)
         for logits in iter_draws(self.model, x, self.samples, chunk=self.chunk,
                                  module=self.model):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from advguard.errors import ConfigError
-from advguard.rng import Randomness, derive_seed, is_randomized, mean_probs
+from advguard.rng import Randomness, call_rows, derive_seed, is_randomized, mean_probs
 from advguard.utils import check_images
 
 __all__ = ["Averaged", "Defense", "Output", "Pipeline", "Randomness", "Traits", "Transform",
@@ -154,6 +154,10 @@ class Defense(Randomness):
     """
 
     traits: Traits = Traits()
+    #: what :meth:`forward_bpda` returns as value: ``"exact"`` (the defense's output, the
+    #: straight-through convention) or ``"surrogate"`` (the surrogate's own value, e.g. the soft
+    #: vote standing in for a hard vote)
+    bpda_value: Literal["exact", "surrogate"] = "exact"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,7 +170,7 @@ class Defense(Randomness):
             return super().__call__(x, *args, **kwargs)
         check_images(x, name=f"inputs to the {type(self).__name__} defense")
         _check_fits(self, x)
-        with inside_defense():
+        with inside_defense(), call_rows(x):
             return super().__call__(x, *args, **kwargs)
 
     @classmethod
@@ -208,6 +212,18 @@ class Defense(Randomness):
     def transforms(self) -> Iterator[Transform]:
         """The preprocessing transforms in front of the classifier (none by default)."""
         return iter(())
+
+    @property
+    def draws_per_call(self) -> int:
+        """How many draws of its randomness one call of the defense averages or votes over (1
+        by default; a vote over ``m`` noisy copies: ``m``). Attack presets size their EOT in
+        draws: ``⌈draws / draws_per_call⌉`` calls per gradient."""
+        return 1
+
+
+def inner_draws(part: nn.Module) -> int:
+    """:attr:`Defense.draws_per_call` of ``part`` if it is a defense, else 1."""
+    return part.draws_per_call if isinstance(part, Defense) else 1
 
 
 class Undefended(Defense):
@@ -305,6 +321,10 @@ class Pipeline(Defense):
             return self.classifier.base_model
         return self.classifier
 
+    @property
+    def draws_per_call(self) -> int:
+        return inner_draws(self.classifier)
+
     def transforms(self) -> Iterator[Transform]:
         for step in self.steps:
             assert isinstance(step, Transform)
@@ -355,6 +375,10 @@ class Averaged(Defense):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self._average(self.defense, x)
+
+    @property
+    def draws_per_call(self) -> int:
+        return self.n * self.defense.draws_per_call
 
     def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
         return self._average(self.defense.forward_bpda, x)

@@ -62,8 +62,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advguard.defenses.base import Defense, Traits, Transform, gradient_inside_forward
+from advguard.defenses.base import (
+    Defense,
+    Traits,
+    Transform,
+    gradient_inside_forward,
+    inner_draws,
+)
 from advguard.defenses.registry import DEFENSES
+from advguard.rng import rand_rows
 
 __all__ = ["CAP", "cap_perturbation", "sample_labels"]
 
@@ -72,18 +79,20 @@ PAPER = ("Towards counteracting adversarial perturbations to resist adversarial 
 
 
 def sample_labels(pred: torch.Tensor, num_classes: int, n_labels: int,
-                  generator: torch.Generator, *, exclude_predicted: bool = True) -> torch.Tensor:
+                  generator: torch.Generator, *, exclude_predicted: bool = True,
+                  uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """``n_labels`` distinct labels per example, uniformly without replacement, from all
     ``num_classes`` classes or (``exclude_predicted``) from those other than ``pred`` (B,).
     Returns int64 (B, n_labels), sorted per row, on ``pred``'s device; draws only from
-    ``generator``."""
+    ``generator``, or uses ``uniforms`` (B, num_classes) in [0, 1) drawn by the caller."""
     available = num_classes - (1 if exclude_predicted else 0)
     if not 1 <= n_labels <= available:
         raise ValueError(f"n_labels must be in [1, {available}] for {num_classes} classes"
                          f"{' excluding the predicted one' if exclude_predicted else ''}, "
                          f"got {n_labels}")
-    keys = torch.rand((pred.shape[0], num_classes), generator=generator,
-                      device=generator.device).to(pred.device)
+    keys = uniforms.to(pred.device).clone() if uniforms is not None else \
+        torch.rand((pred.shape[0], num_classes), generator=generator,
+                   device=generator.device).to(pred.device)
     if exclude_predicted:  # the predicted class sorts last and is never among the first N
         keys.scatter_(1, pred[:, None], 2.0)
     # ascending label order: the sum over labels is then computed in the same order for the
@@ -94,14 +103,15 @@ def sample_labels(pred: torch.Tensor, num_classes: int, n_labels: int,
 def cap_perturbation(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *,
                      n_labels: int = 9, alpha: float = 4 / 255, mu: float = 8 / 255,
                      targeted: bool = True, exclude_predicted: bool = True,
-                     generator: torch.Generator | None = None, surrogate: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None = None, surrogate: bool = False,
+                     module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The counteracted input ``clip₀₁(x + Π_μ(Σ_i η_i))`` and the labels used, (B, N).
 
     ``labels`` (B, N) fixes the labels; otherwise they are drawn with :func:`sample_labels` from
     ``generator`` after the batched forward pass (which also gives the prediction to exclude).
     ``surrogate``: build the BPDA soft-sign graph (see the module docstring); otherwise the result
     carries the exact a.e. gradient with respect to ``x`` when the caller builds a graph.
+    ``module``: the drawing defense (names its draws for :func:`advguard.rng.rand_rows`).
     """
     B = x.shape[0]
     N = n_labels if labels is None else labels.shape[1]
@@ -114,8 +124,10 @@ def cap_perturbation(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
         if lab is None:
             assert generator is not None, "cap_perturbation needs labels or a generator"
             pred = logits[:B].detach().argmax(1)
+            u = rand_rows(x, (logits.shape[1],), generator=generator, stream="labels",
+                          module=module, dtype=torch.float32)
             lab = sample_labels(pred, logits.shape[1], N, generator,
-                                exclude_predicted=exclude_predicted)
+                                exclude_predicted=exclude_predicted, uniforms=u)
         chosen.append(lab)
         # copy i of the repeated batch gets label i of every example
         return F.cross_entropy(logits.float(), lab.t().reshape(-1), reduction="sum")
@@ -207,7 +219,8 @@ class CAP(Defense):
         out, _ = cap_perturbation(self.model, x, n_labels=self.n_labels, alpha=self.alpha,
                                   mu=self.mu, targeted=self.targeted,
                                   exclude_predicted=self.exclude_predicted,
-                                  generator=self.generator(x.device), surrogate=surrogate)
+                                  generator=self.generator(x.device), surrogate=surrogate,
+                                  module=self)
         return out
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +233,10 @@ class CAP(Defense):
         if isinstance(self.classifier, Defense):
             return self.classifier.forward_bpda(z)
         return self.classifier(z)
+
+    @property
+    def draws_per_call(self) -> int:
+        return inner_draws(self.classifier)
 
     @property
     def base_model(self) -> nn.Module:

@@ -37,7 +37,7 @@ from advguard.data import ImageDataset, balanced_subset, load_dataset, train_val
 from advguard.defenses.base import Defense, Traits
 from advguard.defenses.registry import DEFENSES
 from advguard.errors import ConfigError
-from advguard.rng import mean_probs
+from advguard.rng import mean_probs, rand_rows
 
 __all__ = ["MixupInference", "load_pool"]
 
@@ -136,17 +136,24 @@ class MixupInference(Defense):
         self.reseed(seed)
 
     def draw_partners(self, pred: torch.Tensor, num_classes: int, k: int,
-                      generator: torch.Generator) -> torch.Tensor:
+                      generator: torch.Generator, *, x: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """Pool indices (k, B) of ``k`` mixing partners per example: a class uniformly among the
         ``num_classes − 1`` classes other than ``pred``, then an image of it uniformly."""
         if self.class_count.numel() < num_classes or bool((self.class_count[:num_classes] == 0)
                                                           .any()):
             raise ConfigError(f"the MI-OL pool must hold images of all {num_classes} classes")
         dev = generator.device
-        offset = torch.randint(1, num_classes, (k, pred.shape[0]), generator=generator,
-                               device=dev).to(pred.device)
+        if x is not None:  # the rows' own draws (per example inside the harness)
+            draws = rand_rows(x, (2, k), generator=generator, stream="partners", module=self,
+                              dtype=torch.float64).permute(1, 2, 0).to(pred.device)
+            offset = 1 + (draws[0] * (num_classes - 1)).floor().long().clamp_max(num_classes - 2)
+            u = draws[1]
+        else:
+            offset = torch.randint(1, num_classes, (k, pred.shape[0]), generator=generator,
+                                   device=dev).to(pred.device)
+            u = torch.rand((k, pred.shape[0]), generator=generator, device=dev).to(pred.device)
         cls = (pred[None, :] + offset) % num_classes
-        u = torch.rand((k, pred.shape[0]), generator=generator, device=dev).to(pred.device)
         count = self.class_count[cls]
         within = (u.double() * count).floor().long().clamp_max(count - 1)
         return self.class_start[cls] + within
@@ -159,7 +166,7 @@ class MixupInference(Defense):
 
         def mixed(xr: torch.Tensor) -> torch.Tensor:
             k = xr.shape[0] // x.shape[0]
-            partners = self.pool_images[self.draw_partners(pred, num_classes, k, gen)]
+            partners = self.pool_images[self.draw_partners(pred, num_classes, k, gen, x=x)]
             mix = self.lam * xr + (1.0 - self.lam) * partners.flatten(0, 1).to(x.dtype)
             return self.model(mix)
 
@@ -168,6 +175,10 @@ class MixupInference(Defense):
     @property
     def base_model(self) -> nn.Module:
         return self.model
+
+    @property
+    def draws_per_call(self) -> int:
+        return self.samples
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, samples={self.samples}, "

@@ -7,6 +7,7 @@ import torch
 
 from advguard.defenses.base import Traits, Transform
 from advguard.defenses.registry import DEFENSES
+from advguard.rng import randn_rows
 
 
 @DEFENSES.register("gaussian_noise", kind="transform",
@@ -33,7 +34,7 @@ class GaussianNoise(Transform):
         self.sigma = float(sigma)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = randn_rows(x, generator=generator, stream="noise", module=self)
         return (x + self.sigma * noise).clamp(0.0, 1.0)
 
     def extra_repr(self) -> str:

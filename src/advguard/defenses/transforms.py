@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from advguard.defenses.base import Traits, Transform
 from advguard.defenses.registry import DEFENSES
+from advguard.rng import rand_rows
 
 __all__ = ["CropParams", "GuoCropRescale", "RandomRotation", "XiePadding", "resolve_sizes"]
 
@@ -62,10 +63,13 @@ def resolve_sizes(size: tuple[int, int] | list[int] | None, side: int,
     return lo, hi
 
 
-def _randint(low: torch.Tensor | int, high: torch.Tensor, generator: torch.Generator
-             ) -> torch.Tensor:
-    """Per-element uniform integers in ``[low, high]`` (inclusive), int64."""
-    u = torch.rand(high.shape, generator=generator, device=generator.device).to(high.device)
+def _randint(low: torch.Tensor | int, high: torch.Tensor, generator: torch.Generator,
+             u: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-element uniform integers in ``[low, high]`` (inclusive), int64; from ``u`` (uniforms
+    in [0, 1) of ``high``'s shape) when given, else drawn from ``generator``."""
+    if u is None:
+        u = torch.rand(high.shape, generator=generator, device=generator.device)
+    u = u.to(high.device)
     span = (high - low + 1).to(torch.float64)
     return (low + (u.double() * span).floor().long().clamp_max(high - low)).long()
 
@@ -140,19 +144,22 @@ class XiePadding(Transform):
         self.mode = mode
         self.interpolation = interpolation
 
-    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator
-               ) -> CropParams:
-        """Draw per-example sizes and offsets for inputs of ``shape`` (B, C, H, W)."""
+    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
+               uniforms: torch.Tensor | None = None) -> CropParams:
+        """Draw per-example sizes and offsets for inputs of ``shape`` (B, C, H, W), from
+        ``uniforms`` (B, 5) in [0, 1) when given, else from ``generator``."""
         B, _, H, W = shape
         lo, hi = resolve_sizes(self.size, min(H, W), (22 / 32, 30 / 32))
-        dev = generator.device
-        size = _randint(lo, torch.full((B,), hi, device=dev), generator)
+        dev = generator.device if uniforms is None else uniforms.device
+        u = [None] * 5 if uniforms is None else list(uniforms.unbind(1))
+        size = _randint(lo, torch.full((B,), hi, device=dev), generator, u[0])
         if self.mode == "crop":
-            top, left = _randint(0, H - size, generator), _randint(0, W - size, generator)
+            top, left = (_randint(0, H - size, generator, u[1]),
+                         _randint(0, W - size, generator, u[2]))
         else:
             top = left = torch.zeros_like(size)
-        return CropParams(size, top, left, _randint(0, H - size, generator),
-                          _randint(0, W - size, generator))
+        return CropParams(size, top, left, _randint(0, H - size, generator, u[3]),
+                          _randint(0, W - size, generator, u[4]))
 
     def apply_draw(self, x: torch.Tensor, p: CropParams) -> torch.Tensor:
         """The transform for given draws ``p``."""
@@ -171,7 +178,9 @@ class XiePadding(Transform):
         return _shift(canvas, p.size, p.top, p.left, p.pad_top, p.pad_left)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.apply_draw(x, self.sample(x.shape, generator))
+        u = rand_rows(x, (5,), generator=generator, stream="params", module=self,
+                      dtype=torch.float64)
+        return self.apply_draw(x, self.sample(x.shape, generator, u))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, mode={self.mode!r}, interpolation={self.interpolation!r}"
@@ -204,14 +213,17 @@ class GuoCropRescale(Transform):
         super().__init__(seed=seed)
         self.size = None if size is None else resolve_sizes(size, _ANY_SIDE, (0.0, 0.0))
 
-    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator
-               ) -> CropParams:
+    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
+               uniforms: torch.Tensor | None = None) -> CropParams:
+        """Per-example crop sizes and offsets, from ``uniforms`` (B, 3) when given."""
         B, _, H, W = shape
         lo, hi = resolve_sizes(self.size, min(H, W), (22 / 32, 30 / 32))
-        size = _randint(lo, torch.full((B,), hi, device=generator.device), generator)
+        dev = generator.device if uniforms is None else uniforms.device
+        u = [None] * 3 if uniforms is None else list(uniforms.unbind(1))
+        size = _randint(lo, torch.full((B,), hi, device=dev), generator, u[0])
         zero = torch.zeros_like(size)
-        return CropParams(size, _randint(0, H - size, generator),
-                          _randint(0, W - size, generator), zero, zero)
+        return CropParams(size, _randint(0, H - size, generator, u[1]),
+                          _randint(0, W - size, generator, u[2]), zero, zero)
 
     def apply_draw(self, x: torch.Tensor, p: CropParams) -> torch.Tensor:
         _, _, H, W = x.shape
@@ -230,7 +242,9 @@ class GuoCropRescale(Transform):
         return torch.matmul(torch.matmul(r_rows[:, None], x), r_cols.transpose(1, 2)[:, None])
 
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.apply_draw(x, self.sample(x.shape, generator))
+        u = rand_rows(x, (3,), generator=generator, stream="params", module=self,
+                      dtype=torch.float64)
+        return self.apply_draw(x, self.sample(x.shape, generator, u))
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
@@ -265,9 +279,11 @@ class RandomRotation(Transform):
         self.degrees = float(degrees)
         self.interpolation = interpolation
 
-    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """Angles in degrees, float (B,)."""
-        u = torch.rand(batch, generator=generator, device=generator.device)
+    def sample(self, batch: int, generator: torch.Generator,
+               uniforms: torch.Tensor | None = None) -> torch.Tensor:
+        """Angles in degrees, float (B,), from ``uniforms`` (B,) when given."""
+        u = torch.rand(batch, generator=generator, device=generator.device) \
+            if uniforms is None else uniforms
         return (2 * u - 1) * self.degrees
 
     def apply_draw(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -286,7 +302,9 @@ class RandomRotation(Transform):
                              align_corners=False)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.apply_draw(x, self.sample(x.shape[0], generator))
+        u = rand_rows(x, (), generator=generator, stream="angle", module=self,
+                      dtype=torch.float32)
+        return self.apply_draw(x, self.sample(x.shape[0], generator, u))
 
     def extra_repr(self) -> str:
         return f"degrees={self.degrees}, interpolation={self.interpolation!r}"

@@ -135,6 +135,23 @@ def _scaled(attack: Attack, eps: float) -> Attack:
     return dataclasses.replace(attack, **changes)  # type: ignore[arg-type]
 
 
+PROBE_STEPS = 10
+
+
+def probe_attack(attack: Attack) -> Attack:
+    """The attack the probes run: ``attack`` with at most :data:`PROBE_STEPS` steps and one
+    target class (the probes compare budgets; they need not be the step's full strength)."""
+    fields = {f.name for f in dataclasses.fields(attack)}
+    changes: dict[str, int] = {}
+    steps = getattr(attack, "steps", None)
+    if "steps" in fields and isinstance(steps, int) and steps > PROBE_STEPS:
+        changes["steps"] = PROBE_STEPS
+    targets = getattr(attack, "targets", None)
+    if "targets" in fields and isinstance(targets, int) and targets > 1:
+        changes["targets"] = 1
+    return dataclasses.replace(attack, **changes) if changes else attack  # type: ignore[arg-type]
+
+
 def check_eps_sweep(attack: Attack, model: nn.Module, predict: Predict, x: torch.Tensor,
                     y: torch.Tensor, step: int, *, seed: int) -> FlagRecord:
     """Fires ``eps_insensitive`` when accuracy at a very large budget stays above 10%."""

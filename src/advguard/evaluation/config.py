@@ -16,6 +16,9 @@ from advguard.configs import FileConfig
 from advguard.errors import ConfigError
 
 SUBSETS = ("first", "balanced")
+# How random draws are made, recorded with every evaluation's environment: "per-example"
+# (advguard.rng.example_draws; evaluations recorded before it have no entry).
+DRAWS_PROTOCOL = "per-example"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +32,11 @@ class StepSpec:
     for decision-based attacks on randomized defenses).
     ``attack``: a registered attack name; ``params`` its keyword arguments (``eps`` and ``norm``
     come from the evaluation). ``target``: None, ``"least_likely"`` or ``"random"``.
-    ``bpda``: force BPDA on/off (None: from the defense's traits). ``label``: display name.
+    ``bpda``: force BPDA on/off (None: from the defense's traits). ``eot_objective``: what an
+    EOT attack maximizes over the draws — ``"mean_loss"`` (the mean of the per-draw losses: the
+    averaged gradient of Athalye et al.) or ``"expected_softmax"`` (the loss of
+    ``log mean_i softmax(f_i(x))``, the prediction of a vote or an average over draws).
+    ``label``: display name.
     """
 
     setting: str
@@ -40,6 +47,7 @@ class StepSpec:
     bpda: bool | None = None
     source: str | None = None
     vote: int = 15
+    eot_objective: Literal["mean_loss", "expected_softmax"] = "mean_loss"
     label: str | None = None
 
     def __post_init__(self) -> None:
@@ -63,6 +71,8 @@ class StepSpec:
             extras.append(f"bpda={'on' if self.bpda else 'off'}")
         if self.setting == "adaptive" and self.eot != 20:
             extras.append(f"eot={self.eot}")
+        if self.eot_objective != "mean_loss":
+            extras.append(f"eot_objective={self.eot_objective}")
         if self.setting == "transfer" and self.source:
             extras.append(f"source={Path(self.source).parent.name or self.source}")
         if self.setting == "query" and self.vote != 15:
@@ -102,7 +112,10 @@ class EvalConfig(FileConfig):
     """An evaluation: ``n`` examples of ``dataset``/``split`` (``subset`` "first" or class-
     "balanced"), the checkpoint ``model`` behind ``defense`` (a defense spec, see
     :func:`advguard.defenses.build_defense`), threat model (``norm``, ``eps``), the cascade
-    ``steps``, ``runs`` independent runs for randomized defenses (worst case kept; ≥ 5
+    ``steps``, ``preset`` (an attack preset, :mod:`advguard.evaluation.presets`: its steps,
+    composed from the defense's traits, run after ``steps``; ``auto`` — the default when
+    ``steps`` is empty — picks ``standard`` or ``rand``; ``none``: clean accuracy only),
+    ``runs`` independent runs for randomized defenses (worst case kept; ≥ 5
     recommended), ``seed``, ``batch_size`` (examples per chunk: the unit of work committed to the
     record store), reliability ``checks`` on ``check_examples`` examples.
 
@@ -140,6 +153,7 @@ class EvalConfig(FileConfig):
     norm: str = "linf"
     eps: float = 8 / 255
     steps: tuple[StepSpec, ...] = ()
+    preset: str | None = None
     runs: int = 5
     seed: int = 0
     batch_size: int = 250
@@ -159,20 +173,45 @@ class EvalConfig(FileConfig):
             raise ConfigError("runs, batch_size and check_examples must be >= 1")
         steps = tuple(s if isinstance(s, StepSpec) else StepSpec.from_dict(s) for s in self.steps)
         object.__setattr__(self, "steps", steps)
+        if self.preset is not None:
+            from advguard.evaluation.presets import preset_names
+
+            if self.preset not in preset_names():
+                import difflib
+
+                close = difflib.get_close_matches(self.preset, preset_names(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown attack preset {self.preset!r}{hint} (presets: "
+                                  f"{', '.join(preset_names())})")
+
+    @property
+    def preset_name(self) -> str:
+        """The preset this evaluation runs: ``preset``, else ``auto`` when it lists no steps,
+        else ``none``."""
+        if self.preset is not None:
+            return self.preset
+        return "auto" if not self.steps else "none"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["steps"] = [s.to_dict() for s in self.steps]
         return out
 
-    def identity(self, model_fingerprint: str) -> str:
+    def identity(self, model_fingerprint: str,
+                 resolved: tuple[StepSpec, ...] | None = None) -> str:
         """The evaluation id: a hash of everything that determines the results (the config minus
-        the device and display-only fields, plus the model weights' fingerprint)."""
+        the device and display-only fields, with the preset replaced by the ``resolved`` steps
+        it ran, plus the model weights' fingerprint)."""
         payload = self.to_dict()
         payload.pop("device")
         payload.pop("name")
+        payload.pop("preset")
+        if resolved is not None:
+            payload["steps"] = [s.to_dict() for s in resolved]
         for step in payload["steps"]:
             step.pop("label")
+            if step["eot_objective"] == "mean_loss":  # the default: ids made before it existed
+                step.pop("eot_objective")
         payload["model"] = model_fingerprint
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -11,9 +11,15 @@ For each chunk of ``batch_size`` examples:
    on (as in AutoAttack), and the final robust accuracy is the worst case per example over all
    attacks and runs.
 
-All randomness (attack generators, defense re-seeding) is derived from ``(seed, chunk, step,
-run)``, so a chunk's results do not depend on which chunks ran before it: an evaluation killed at
-any point and run again redoes only the unfinished chunk and ends with identical records.
+Randomness is per example: every draw a randomized defense or one of our attacks makes for an
+example (its noise, random transform, CAP labels, smoothing noise, random start, EOT draws) is a
+function of ``(seed, stage, step, run, example index)`` and of the example's own call history,
+never of the other examples in its batch (:func:`advguard.rng.example_draws`). Outcomes therefore
+do not depend on ``batch_size``, on chunking or on the order chunks run in; an evaluation killed
+at any point and run again redoes only the unfinished chunk and ends with identical records.
+Two sources stay batch-dependent and are re-seeded per ``(seed, chunk, step, run)``: weight
+noise drawn once per forward (PNI/CNI layers, shared by the rows of a batch) and the global RNG
+of the attack libraries (pyautoattack, foolbox).
 
 Example::
 
@@ -41,7 +47,8 @@ from advguard.defenses.base import Defense, as_defense, derive_seed
 from advguard.defenses.registry import build_defense
 from advguard.errors import ConfigError
 from advguard.evaluation import checks
-from advguard.evaluation.config import EvalConfig
+from advguard.evaluation.config import DRAWS_PROTOCOL, EvalConfig
+from advguard.evaluation.presets import resolve_preset
 from advguard.evaluation.settings import Prepared, prepare_step
 from advguard.evaluation.store import (
     ExampleRecord,
@@ -51,7 +58,7 @@ from advguard.evaluation.store import (
     StepRecord,
 )
 from advguard.evaluation.summary import EvalSummary, summarize
-from advguard.rng import rng_states, set_rng_states
+from advguard.rng import example_draws, rng_states, set_rng_states
 from advguard.utils import check_images, environment_info, eval_mode, resolve_device
 
 
@@ -97,9 +104,11 @@ def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
     seconds: dict[int, float] = {}
     started = time.perf_counter()
     clean_runs = torch.zeros(n, dtype=torch.long, device=x.device)
+    ids = torch.tensor(indices, dtype=torch.long)
     for r in range(runs):
         defense.reseed(derive_seed(cfg.seed, "clean", chunk, r))
-        clean_runs += (_predict(defense, x, cfg.batch_size) == y).long()
+        with example_draws(x, ids, derive_seed(cfg.seed, "clean", r), modules=defense):
+            clean_runs += (_predict(defense, x, cfg.batch_size) == y).long()
     robust = clean_runs == runs
     fooled_by: list[int | None] = [None if bool(ok) else -1 for ok in robust]
     seconds[-1] = time.perf_counter() - started
@@ -114,12 +123,17 @@ def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
             defense.reseed(derive_seed(cfg.seed, "attack", chunk, s, r))
             gen = torch.Generator(device=x.device).manual_seed(
                 derive_seed(cfg.seed, "generator", chunk, s, r))
-            result = prep.attack(prep.model, x[idx].clone(), y[idx], target=prep.spec.target,
-                                 generator=gen)
+            rows = ids[idx.cpu()]
+            with example_draws(x[idx], rows, derive_seed(cfg.seed, "attack", s, r),
+                               modules=defense):
+                result = prep.attack(prep.model, x[idx].clone(), y[idx],
+                                     target=prep.spec.target, generator=gen)
             # our own check, against our own untouched copy, before anything is recorded
             threat.verify(result.adv, x[idx], who=f"step {s} ({prep.spec.display})")
             defense.reseed(derive_seed(cfg.seed, "eval", chunk, s, r))
-            correct = _predict(defense, result.adv, cfg.batch_size) == y[idx]
+            with example_draws(x[idx], rows, derive_seed(cfg.seed, "eval", s, r),
+                               modules=defense):
+                correct = _predict(defense, result.adv, cfg.batch_size) == y[idx]
             dist = threat.distance(result.adv, x[idx])
             for j, i in enumerate(idx.tolist()):
                 outcomes.append(OutcomeRecord(indices[i], s, r, bool(correct[j]),
@@ -144,12 +158,22 @@ def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRe
         checks.check_randomness(defense, x, declared=defense.traits.randomized),
         checks.check_dynamic(defense, x, declared=defense.traits.dynamic),
     ]
+    probed: set[bool] = set()
     for s, prep in enumerate(ctx.prepared):
         if prep.gradient_model is not None and prep.white_box:
+            # the probes test the gradients a step follows: once per way of taking them (exact
+            # or BPDA); a surrogate forced on a differentiable defense whose exact gradient was
+            # probed is an extra attack, not the defense's gradient
+            bpda = (not defense.traits.differentiable) if prep.spec.bpda is None \
+                else prep.spec.bpda
+            if bpda in probed or (bpda and defense.traits.differentiable and probed):
+                continue
+            probed.add(bpda)
+            attack = checks.probe_attack(prep.attack)
             flags.append(checks.check_gradients(prep.gradient_model, x, y, s))
-            flags.append(checks.check_eps_sweep(prep.attack, prep.model, defense, x, y, s,
+            flags.append(checks.check_eps_sweep(attack, prep.model, defense, x, y, s,
                                                 seed=derive_seed(cfg.seed, "checks", s)))
-            flags.append(checks.check_more_steps(prep.attack, prep.model, defense, x, y, s,
+            flags.append(checks.check_more_steps(attack, prep.model, defense, x, y, s,
                                                  seed=derive_seed(cfg.seed, "checks", s)))
     return flags
 
@@ -191,22 +215,27 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         return load_checkpoint(path, device=device).model
 
     defense = as_defense(build_defense(config.defense, model, seed=config.seed)).to(device)
+    preset, preset_steps = resolve_preset(config.preset_name, defense)
+    steps = (*config.steps, *preset_steps)
     prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
-                for s in config.steps]
+                for s in steps]
     runs = config.runs if defense.traits.randomized else 1
-    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}")
+    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}", steps)
+    recorded = config.to_dict()
+    recorded.update(preset=preset, steps=[s.to_dict() for s in steps])
     own_store = not isinstance(store, RecordStore)
     db = RecordStore(store) if not isinstance(store, RecordStore) else store
     try:
-        steps = [StepRecord(-1, "clean", "clean", False, {})] + [
+        step_records = [StepRecord(-1, "clean", "clean", False, {})] + [
             StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
             for i, p in enumerate(prepared)]
         env = environment_info(device)
         env["model_fingerprint"] = fingerprint
+        env["draws"] = DRAWS_PROTOCOL
         resumed = db.begin_evaluation(
-            eval_id, name=config.name or eval_id, config=config.to_dict(),
+            eval_id, name=config.name or eval_id, config=recorded,
             traits=defense.traits.to_dict(), environment=env, n=len(data), runs=runs,
-            steps=steps)
+            steps=step_records)
         db.write_flags(eval_id, data_flags)
         ctx = _Context(config, defense, prepared, runs, device)
         indices = (data.indices.tolist() if data.indices is not None

@@ -83,11 +83,12 @@ class Adaptive(Setting):
         model: nn.Module = BPDA(defense) if use_bpda else defense
         field_names = {f.name for f in dataclasses.fields(attack)}
         if traits.randomized and spec.eot > 1:
-            if "eot_iter" in field_names:  # the library averages gradients itself
+            library_eot = "eot_iter" in field_names and spec.eot_objective == "mean_loss"
+            if library_eot:  # the library averages gradients itself
                 if "eot_iter" not in spec.params:
                     attack = dataclasses.replace(attack, eot_iter=spec.eot)  # type: ignore[call-arg]
-            else:
-                model = EOT(model, spec.eot)
+            else:  # our attacks, or any attack on the expected softmax (a module over draws)
+                model = EOT(model, spec.eot, objective=spec.eot_objective)
         return Prepared(spec, attack, model, True, model)
 
 

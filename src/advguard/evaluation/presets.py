@@ -1,0 +1,113 @@
+"""Attack presets: the default adaptive cascade, composed from a defense's declared traits with
+the strength of AutoAttack (Croce & Hein, ICML 2020), used when an evaluation names no attacks.
+
+A preset resolves, for one defense, to ordinary cascade steps (:class:`StepSpec`), which the
+harness runs and records like any others (the resolved steps are part of the evaluation id and
+stored with its config). For a defense with budget ``steps`` (iterations), ``targets`` and
+``eot`` (draws):
+
+1. ``oblivious`` APGD-CE on the defense's static base model (transfer from the base model; only
+   when the defense is more than its base model);
+2. ``adaptive`` APGD-CE through the defense — BPDA where the defense is not differentiable, EOT
+   over at least ``eot`` draws where it is randomized (counted in draws of its randomness: a
+   defense whose call already averages or votes over ``m`` draws, :attr:`Defense.draws_per_call`,
+   is called ``⌈eot/m⌉`` times per gradient), on the **expected softmax** (the loss of
+   ``log mean_i softmax(f_i(x))``, what a vote or an average over draws outputs);
+3. ``adaptive`` APGD-CE through the declared BPDA surrogates as well, for a defense that is
+   differentiable but dynamic (its exact gradient runs through an optimization, e.g. CAP);
+4. ``adaptive`` APGD-T: targeted DLR towards each of the ``targets`` most likely other classes.
+
+Each step runs only on the examples all earlier steps failed on, and randomized defenses are
+evaluated in the config's ``runs`` (≥ 5 recommended) with the worst case per example kept.
+
+==========  =========================================================================
+``auto``    the default: ``standard`` for deterministic defenses, ``rand`` for randomized
+``standard`` APGD-CE 100 iterations, APGD-T 100 iterations × 9 targets (AutoAttack standard's
+            gradient attacks)
+``rand``    as ``standard``, with EOT over 20 draws (AutoAttack rand's EOT budget) and 3 targets
+``quick``   a reduced budget for demonstrations: 20 iterations, 1 target, EOT over 4 draws
+==========  =========================================================================
+
+Example::
+
+    EvalConfig(model="runs/q/model.safetensors", defense={"name": "gaussian_noise"},
+               eps=0.1, preset="rand")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from advguard.defenses.base import Defense, Undefended
+from advguard.evaluation.config import StepSpec
+from advguard.registry import Registry
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A budget; :meth:`steps` composes the cascade for a defense (the one hook)."""
+
+    name: str
+    iterations: int
+    targets: int
+    eot: int
+    reduced: bool = False
+    description: str = ""
+
+    def steps(self, defense: Defense) -> list[StepSpec]:
+        traits = defense.traits
+        n = self.iterations
+        per_call = max(1, defense.draws_per_call)
+        calls = -(-self.eot // per_call) if traits.randomized else 1
+        eot: dict[str, Any] = {"eot": calls, "eot_objective": "expected_softmax"} \
+            if traits.randomized else {}
+        suffix = (f", EOT-{calls}" + (f"×{per_call}" if per_call > 1 else "")) \
+            if traits.randomized else ""
+        tag = f"{self.name}: "
+        out: list[StepSpec] = []
+        if not isinstance(defense, Undefended):
+            out.append(StepSpec(setting="oblivious", attack="auto-pgd",
+                                params={"steps": n, "loss": "ce"},
+                                label=f"{tag}oblivious APGD-CE-{n} (base model)"))
+        how = "BPDA" if not traits.differentiable else "exact gradient"
+        out.append(StepSpec(setting="adaptive", attack="auto-pgd",
+                            params={"steps": n, "loss": "ce"},
+                            label=f"{tag}adaptive APGD-CE-{n} ({how}{suffix})", **eot))
+        if traits.differentiable and traits.dynamic:
+            out.append(StepSpec(setting="adaptive", attack="auto-pgd",
+                                params={"steps": n, "loss": "ce"}, bpda=True,
+                                label=f"{tag}adaptive APGD-CE-{n} (BPDA surrogates{suffix})",
+                                **eot))
+        out.append(StepSpec(setting="adaptive", attack="auto-pgd",
+                            params={"steps": n, "targets": self.targets},
+                            label=f"{tag}adaptive APGD-T-{n}×{self.targets} ({how}{suffix})",
+                            **eot))
+        return out
+
+
+PRESETS: Registry[Preset] = Registry("attack preset")
+PRESETS.add("standard", Preset("standard", 100, 9, 20,
+                               description="APGD-CE-100 and APGD-T-100 × 9 targets"))
+PRESETS.add("rand", Preset("rand", 100, 3, 20,
+                           description="APGD-CE-100 and APGD-T-100 × 3 targets, EOT-20 on the "
+                                       "expected softmax"))
+PRESETS.add("quick", Preset("quick", 20, 1, 4, reduced=True,
+                            description="reduced budget: APGD-CE-20 and APGD-T-20 × 1 target, "
+                                        "EOT over 4 draws"))
+AUTO = "auto"
+NONE = "none"
+
+
+def resolve_preset(name: str, defense: Defense) -> tuple[str, list[StepSpec]]:
+    """The preset ``name`` (``auto``: ``rand`` for a randomized defense, else ``standard``;
+    ``none``: no steps) resolved for ``defense``: (the preset's name, its steps)."""
+    if name == NONE:
+        return NONE, []
+    if name == AUTO:
+        name = "rand" if defense.traits.randomized else "standard"
+    return name, PRESETS.get(name).steps(defense)
+
+
+def preset_names() -> list[str]:
+    return [AUTO, *PRESETS.names(), NONE]

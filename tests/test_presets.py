@@ -1,0 +1,123 @@
+"""Attack presets (issue 12): composed from a defense's traits, the default when an evaluation
+names no attacks, recorded with their resolved steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from advguard.checkpoint import save_checkpoint
+from advguard.data import ImageDataset, first_n
+from advguard.defenses import build_defense
+from advguard.errors import ConfigError
+from advguard.evaluation import EvalConfig, RecordStore, evaluate
+from advguard.evaluation.presets import PRESETS, resolve_preset
+
+
+def _steps(spec: dict[str, object], model: nn.Module, preset: str = "auto"
+           ) -> tuple[str, list[tuple[str, str, dict[str, object], int, bool | None, str]]]:
+    name, steps = resolve_preset(preset, build_defense(spec, model))
+    return name, [(s.setting, s.attack, s.params, s.eot, s.bpda, s.eot_objective) for s in steps]
+
+
+def test_auto_composes_the_cascade_from_the_traits(fmnist_model: nn.Module) -> None:
+    # deterministic and differentiable: no oblivious step (the base model is the model)
+    name, steps = _steps({"name": "none"}, fmnist_model)
+    assert name == "standard"
+    assert [(s[0], s[2]) for s in steps] == [
+        ("adaptive", {"steps": 100, "loss": "ce"}), ("adaptive", {"steps": 100, "targets": 9})]
+    # not differentiable: BPDA is decided by the setting from the traits; an oblivious step first
+    name, steps = _steps({"name": "bit_depth", "bits": 2}, fmnist_model)
+    assert name == "standard" and [s[0] for s in steps] == ["oblivious", "adaptive", "adaptive"]
+    # randomized: rand, EOT over 20 draws on the expected softmax
+    name, steps = _steps({"name": "gaussian_noise", "sigma": 0.2}, fmnist_model)
+    assert name == "rand"
+    assert all(s[3] == 20 and s[5] == "expected_softmax" for s in steps if s[0] == "adaptive")
+    assert steps[-1][2] == {"steps": 100, "targets": 3}
+    # a vote over m = 8 draws per call: EOT sized in draws, ceil(20 / 8) = 3 calls
+    _, steps = _steps({"name": "smoothing", "m": 8, "sigma": 0.2, "vote": "prediction"},
+                      fmnist_model)
+    assert {s[3] for s in steps if s[0] == "adaptive"} == {3}
+    # dynamic and differentiable (CAP with all 9 non-predicted labels): the BPDA surrogate too
+    name, steps = _steps({"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1}, fmnist_model)
+    assert name == "standard" and [s[4] for s in steps] == [None, None, True, None]
+    # quick: the reduced budget
+    _, steps = _steps({"name": "gaussian_noise", "sigma": 0.2}, fmnist_model, "quick")
+    assert steps[1][2] == {"steps": 20, "loss": "ce"} and steps[1][3] == 4
+    assert PRESETS.get("quick").reduced and not PRESETS.get("standard").reduced
+    assert resolve_preset("none", build_defense({"name": "none"}, fmnist_model)) == ("none", [])
+
+
+def test_presets_are_the_default_and_are_recorded(tmp_path: Path, fmnist_model: nn.Module,
+                                                  fmnist_sample_test: ImageDataset) -> None:
+    data = first_n(fmnist_sample_test, 20)
+    config = EvalConfig(name="default", dataset="fashion-mnist-sample", n=20, eps=0.1,
+                        checks=False, device="cpu", preset=None)
+    assert config.preset_name == "auto"
+    explicit = config.replace(steps=({"setting": "adaptive", "attack": "pgd", "steps": 2},))
+    assert explicit.preset_name == "none"          # explicit steps alone: no preset added
+    store = tmp_path / "r.sqlite"
+    summary = evaluate(config.replace(preset="quick"), store=store, model=fmnist_model,
+                       data=data, progress=False)
+    assert [s.label for s in summary.steps] == ["quick: adaptive APGD-CE-20 (exact gradient)",
+                                                "quick: adaptive APGD-T-20×1 (exact gradient)"]
+    with RecordStore(store) as db:
+        recorded = db.evaluation(summary.eval_id)["config"]
+    assert recorded["preset"] == "quick"
+    assert [s["attack"] for s in recorded["steps"]] == ["auto-pgd", "auto-pgd"]
+    assert recorded["steps"][1]["params"] == {"steps": 20, "targets": 1}
+    # the id hashes the resolved steps: the same steps written out give the same evaluation
+    same = config.replace(preset="none", steps=tuple(recorded["steps"]))
+    again = evaluate(same, store=store, model=fmnist_model, data=data, progress=False)
+    assert again.eval_id == summary.eval_id
+    assert again.robust_acc == summary.robust_acc <= summary.clean_acc
+
+
+def test_ids_of_configs_without_a_preset_are_unchanged() -> None:
+    """Records made before presets existed resume under the same ids: an explicit cascade's id
+    hashes exactly the fields it hashed before (no ``preset``, no ``eot_objective`` at its
+    default)."""
+    import hashlib
+    import json
+
+    config = EvalConfig(name="x", model="m.safetensors", eps=0.1, steps=(
+        {"setting": "adaptive", "attack": "pgd", "steps": 10, "alpha": 0.01},))
+    old = config.to_dict()                         # the payload of the earlier schema
+    for key in ("device", "name", "preset"):
+        old.pop(key)
+    for step in old["steps"]:
+        step.pop("label")
+        step.pop("eot_objective")
+    old["model"] = "fp"
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:16]
+    assert config.identity("fp") == config.identity("fp", config.steps) == expected
+    changed = config.replace(steps=({"setting": "adaptive", "attack": "pgd", "steps": 10,
+                                     "alpha": 0.01, "eot_objective": "expected_softmax"},))
+    assert changed.identity("fp") != config.identity("fp")
+
+
+def test_bad_presets_are_refused(tmp_path: Path, fmnist_model: nn.Module,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="unknown attack preset 'rnad'; did you mean 'rand'"):
+        EvalConfig(eps=0.1, preset="rnad")
+    from advguard.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    assert main(["eval", "--model", str(ckpt), "--preset", "strong", "--eps", "0.1",
+                 "--store", str(tmp_path / "r.sqlite")]) == 2
+    assert "unknown attack preset 'strong'" in capsys.readouterr().err
+
+
+def test_cli_eval_without_attacks_runs_the_default_preset(
+        tmp_path: Path, fmnist_model: nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    from advguard.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    assert main(["eval", "--model", str(ckpt), "--eps", "0.1", "--n", "12", "--no-checks",
+                 "--quiet", "--device", "cpu", "--store", str(tmp_path / "r.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "standard: adaptive APGD-CE-100 (exact gradient)" in out
+    assert "standard: adaptive APGD-T-100×9" in out
