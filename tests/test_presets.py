@@ -68,11 +68,15 @@ def test_presets_are_the_default_and_are_recorded(tmp_path: Path, fmnist_model: 
     assert recorded["preset"] == "quick"
     assert [s["attack"] for s in recorded["steps"]] == ["auto-pgd", "auto-pgd"]
     assert recorded["steps"][1]["params"] == {"steps": 20, "targets": 1}
-    # the id hashes the resolved steps: the same steps written out give the same evaluation
+    # the same steps written out run the same attacks (a different id: the preset is hashed by
+    # name), with the same per-example outcomes
     same = config.replace(preset="none", steps=tuple(recorded["steps"]))
     again = evaluate(same, store=store, model=fmnist_model, data=data, progress=False)
-    assert again.eval_id == summary.eval_id
+    assert again.eval_id != summary.eval_id
     assert again.robust_acc == summary.robust_acc <= summary.clean_acc
+    # no steps and no preset is the auto preset: the same evaluation as naming it
+    assert config.identity("fp") == config.replace(preset="auto").identity("fp")
+    assert config.identity("fp") != config.replace(preset="quick").identity("fp")
 
 
 def test_ids_of_configs_without_a_preset_are_unchanged() -> None:
@@ -93,7 +97,9 @@ def test_ids_of_configs_without_a_preset_are_unchanged() -> None:
     old["model"] = "fp"
     expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()
                               ).hexdigest()[:16]
-    assert config.identity("fp") == config.identity("fp", config.steps) == expected
+    assert config.identity("fp") == expected
+    assert config.replace(preset="none").identity("fp") == expected
+    assert config.replace(preset="rand").identity("fp") != expected
     changed = config.replace(steps=({"setting": "adaptive", "attack": "pgd", "steps": 10,
                                      "alpha": 0.01, "eot_objective": "expected_softmax"},))
     assert changed.identity("fp") != config.identity("fp")

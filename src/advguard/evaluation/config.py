@@ -197,17 +197,17 @@ class EvalConfig(FileConfig):
         out["steps"] = [s.to_dict() for s in self.steps]
         return out
 
-    def identity(self, model_fingerprint: str,
-                 resolved: tuple[StepSpec, ...] | None = None) -> str:
+    def identity(self, model_fingerprint: str) -> str:
         """The evaluation id: a hash of everything that determines the results (the config minus
-        the device and display-only fields, with the preset replaced by the ``resolved`` steps
-        it ran, plus the model weights' fingerprint)."""
+        the device and display-only fields, plus the model weights' fingerprint). The preset
+        enters by name (:attr:`preset_name`; its steps follow from it and the defense), and not
+        at all when it is ``none``, so that ids made before presets existed stay valid."""
         payload = self.to_dict()
         payload.pop("device")
         payload.pop("name")
         payload.pop("preset")
-        if resolved is not None:
-            payload["steps"] = [s.to_dict() for s in resolved]
+        if self.preset_name != "none":
+            payload["preset"] = self.preset_name
         for step in payload["steps"]:
             step.pop("label")
             if step["eot_objective"] == "mean_loss":  # the default: ids made before it existed

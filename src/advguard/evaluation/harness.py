@@ -220,7 +220,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
                 for s in steps]
     runs = config.runs if defense.traits.randomized else 1
-    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}", steps)
+    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}")
     recorded = config.to_dict()
     recorded.update(preset=preset, steps=[s.to_dict() for s in steps])
     own_store = not isinstance(store, RecordStore)
