@@ -23,7 +23,6 @@ Writes markdown to --output (default benchmarks/results/preset_acceptance.md).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from advguard.stats import accuracy_interval
 from advguard.utils import environment_info
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_report  # noqa: E402
+from _common import write_report
 
 EPS = 0.1
 SMOOTH = {"name": "smoothing", "m": 8, "sigma": 0.2, "vote": "prediction"}

@@ -173,3 +173,17 @@ def test_per_example_inside_the_harness(targets: int, fmnist_model: nn.Module,
     # an example's random starts depend on the example, not on the batch or the generator
     assert torch.equal(whole.success[4:9], part.success)
     torch.testing.assert_close(whole.adv[4:9], part.adv, atol=1e-5, rtol=0)
+
+
+def test_apgd_t_on_fewer_than_four_classes_uses_targeted_ce() -> None:
+    """The targeted DLR loss needs 4 classes; APGD-T (and so the default preset) still runs on a
+    2- or 3-class model, with the targeted CE loss, and fools a linear model at a large ε."""
+    torch.manual_seed(0)
+    for k in (2, 3):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, k)).eval()
+        x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(k))
+        y = model(x).argmax(1)
+        result = AutoPGD(eps=0.5, steps=10, targets=9)(model, x, y,
+                                                      generator=torch.Generator().manual_seed(0))
+        assert float((result.adv - x).abs().max()) <= 0.5 + 1e-6
+        assert float(result.success.float().mean()) > 0.5

@@ -181,7 +181,7 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
                 + ", ".join(r.label for r in reduced) + ". Their full-strength numbers (the "
                 "default preset 'auto': 'standard' = 100 iterations and 9 targets for the "
                 "deterministic ones, 'rand' = 100 iterations, 3 targets and EOT over 20 draws for "
-                "the randomized ones) can only be lower or equal; run"
+                "the randomized ones) are expected to be lower or equal; run"
                 + ("" if output_dir is not None else
                    " `advguard quickstart --output runs/quick` to keep the checkpoint, then")
                 + ":")

@@ -100,7 +100,8 @@ class AutoPGD(Attack):
     ``k > 0``: APGD-T, one run per class among the ``k`` (capped at K − 1) highest-scoring classes
     other than the true one on the clean input — for a correctly classified input the classes
     ranked 2nd to (k+1)-th —, in that order, each on the examples not yet fooled, with the
-    targeted DLR loss (``loss`` must be left out or "dlr"; K ≥ 4); success is misclassification);
+    targeted DLR loss (``loss`` must be left out or "dlr"; the targeted CE loss when K < 4);
+    success is misclassification);
     ``rho`` (0.75); ``momentum`` (0.75, the weight of the new step; ``1 − momentum`` weighs the
     previous one); ``step_size`` (initial η; default ``2·eps``). Inputs (N,C,H,W) in [0, 1],
     model scores (N,K). Randomness: :func:`advguard.rng.rand_rows` / ``randn_rows`` from the
@@ -214,6 +215,8 @@ class AutoPGD(Attack):
             with torch.no_grad():
                 scores = model(x).float()
             k = min(self.targets, scores.shape[1] - 1)
+            if scores.shape[1] < 4:  # the targeted DLR loss needs 4 classes: targeted CE
+                loss = get_loss("ce")
             others = scores.scatter(1, y[:, None], float("-inf"))
             ranked = others.argsort(1, descending=True)
             runs = [(ranked[:, r], None) for r in range(k)]
