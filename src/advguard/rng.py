@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -268,9 +269,7 @@ def keyed_uniform(keys: torch.Tensor, shape: tuple[int, ...], *,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Uniform draws in [0, 1) of shape ``(len(keys), *shape)``: row ``i`` a function of
     ``keys[i]`` alone (float64: 53 random bits, else 24)."""
-    numel = 1
-    for s in shape:
-        numel *= int(s)
+    numel = math.prod(int(s) for s in shape)
     z = _bits(keys, numel)
     if dtype == torch.float64:
         out = _srl(z, 11).double() * 2.0 ** -53
@@ -283,9 +282,7 @@ def keyed_normal(keys: torch.Tensor, shape: tuple[int, ...], *,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal draws (Box–Muller on two keyed uniforms), otherwise as
     :func:`keyed_uniform`."""
-    numel = 1
-    for s in shape:
-        numel *= int(s)
+    numel = math.prod(int(s) for s in shape)
     u1 = (_srl(_bits(keys, numel), 11).double() + 1.0) * 2.0 ** -53   # (0, 1]
     u2 = _srl(_bits(keys, numel, offset=numel), 11).double() * 2.0 ** -53
     out = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
@@ -409,6 +406,19 @@ def row_keys(x: torch.Tensor, stream: str, module: nn.Module | None = None
     return combine(combine(combine(keys, _name_key(label)), call), copy)
 
 
+def _draw_rows(kind: str, x: torch.Tensor, shape: tuple[int, ...] | None,
+               generator: torch.Generator, stream: str, module: nn.Module | None,
+               dtype: torch.dtype | None) -> torch.Tensor:
+    size = (x.shape[0], *(x.shape[1:] if shape is None else shape))
+    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    keys = row_keys(x, stream, module)
+    if keys is not None:
+        keyed = keyed_uniform if kind == "uniform" else keyed_normal
+        return keyed(keys, tuple(size[1:]), dtype=dtype).to(x.device)
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(size, generator=generator, device=generator.device, dtype=dtype).to(x.device)
+
+
 def rand_rows(x: torch.Tensor, shape: tuple[int, ...] | None = None, *,
               generator: torch.Generator, stream: str = "", module: nn.Module | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -417,23 +427,11 @@ def rand_rows(x: torch.Tensor, shape: tuple[int, ...] | None = None, *,
     row's draws are a function of the example the row belongs to, not of the batch; otherwise
     they come from ``generator``. ``stream`` names the purpose and ``module`` the drawing module
     (draws of different streams and modules are independent)."""
-    size = (x.shape[0], *(x.shape[1:] if shape is None else shape))
-    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-    keys = row_keys(x, stream, module)
-    if keys is not None:
-        return keyed_uniform(keys, tuple(size[1:]), dtype=dtype).to(x.device)
-    return torch.rand(size, generator=generator, device=generator.device,
-                      dtype=dtype).to(x.device)
+    return _draw_rows("uniform", x, shape, generator, stream, module, dtype)
 
 
 def randn_rows(x: torch.Tensor, shape: tuple[int, ...] | None = None, *,
                generator: torch.Generator, stream: str = "", module: nn.Module | None = None,
                dtype: torch.dtype | None = None) -> torch.Tensor:
     """Standard normal draws, otherwise as :func:`rand_rows`."""
-    size = (x.shape[0], *(x.shape[1:] if shape is None else shape))
-    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-    keys = row_keys(x, stream, module)
-    if keys is not None:
-        return keyed_normal(keys, tuple(size[1:]), dtype=dtype).to(x.device)
-    return torch.randn(size, generator=generator, device=generator.device,
-                       dtype=dtype).to(x.device)
+    return _draw_rows("normal", x, shape, generator, stream, module, dtype)

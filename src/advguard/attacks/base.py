@@ -20,6 +20,7 @@ from torch import nn
 
 from advguard.errors import AttackVerificationError, ConfigError, InputValidationError
 from advguard.registry import Registry
+from advguard.rng import rand_rows
 from advguard.utils import check_images, check_labels
 
 Norm = Literal["linf", "l2"]
@@ -287,8 +288,6 @@ def resolve_target(target: Target, clean_logits: torch.Tensor, y: torch.Tensor,
             return clean_logits.argmin(1)
         if target == "random":
             if x is not None:
-                from advguard.rng import rand_rows
-
                 u = rand_rows(x, (), generator=generator, stream="target",
                               dtype=torch.float64).to(y.device)
                 offset = 1 + (u * (k - 1)).floor().long().clamp_max(k - 2)
