@@ -269,3 +269,13 @@ def test_a_checkpoint_of_another_shape_names_the_mismatch(tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match=rf"size mismatch for {name.split('.', 1)[-1]}|"
                                               rf"size mismatch for {name}"):
         load_checkpoint(path)
+
+
+def test_an_attack_on_images_the_model_cannot_take_is_one_clear_error(
+        fmnist_model: torch.nn.Module) -> None:
+    from advguard.attacks import make_attack
+    from advguard.errors import InputValidationError
+
+    attack = make_attack("auto-pgd", eps=0.1, steps=2)
+    with pytest.raises(InputValidationError, match=r"cannot take inputs of shape \(2, 3, 28, 28\)"):
+        attack(fmnist_model, torch.rand(2, 3, 28, 28), torch.tensor([0, 1]))

@@ -118,8 +118,8 @@ def run_quickstart(*, output_dir: str | Path | None = None, epochs: int | None =
     paper defenses, and return the table. Checkpoint and records land in ``output_dir`` (a
     temporary directory when None); ``n_examples``: test images attacked (200)."""
     if not 1 <= n_examples <= 1000:
-        raise ConfigError(f"n_examples must be in [1, 1000] (the sample's test split), got "
-                          f"{n_examples}")
+        raise ConfigError(f"the number of test images (--n) must be in [1, 1000] (the "
+                          f"sample's test split), got {n_examples}")
     config = TrainConfig.from_file(config_path(QUICKSTART_CONFIG), device=device, epochs=epochs)
     if output_dir is not None:
         check_output_dir(Path(output_dir))

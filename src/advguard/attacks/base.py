@@ -233,8 +233,13 @@ class Attack(abc.ABC):
             raise InputValidationError(
                 f"generator is on {generator.device} but inputs are on {x.device}")
         counter = QueryCounter(as_logits_model(model))
-        with torch.no_grad():
-            clean_logits = counter(x)
+        try:
+            with torch.no_grad():
+                clean_logits = counter(x)
+        except RuntimeError as exc:  # e.g. 3-channel images for a 1-channel model
+            first = str(exc).strip().splitlines()[0]
+            raise InputValidationError(f"{self.name} attack: the model cannot take inputs of "
+                                       f"shape {tuple(x.shape)}: {first}") from None
         if not isinstance(clean_logits, torch.Tensor) or clean_logits.ndim != 2 \
                 or clean_logits.shape[0] != x.shape[0]:
             shape = tuple(clean_logits.shape) if isinstance(clean_logits, torch.Tensor) \
