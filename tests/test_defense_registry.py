@@ -27,6 +27,14 @@ from advguard.errors import InputValidationError
 
 BATCH, CLASSES = 5, 10
 
+def _f_b() -> nn.Module:
+    """A tiny frozen transformation model for AdvT's f_b (a module stands in for a checkpoint)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return nn.Sequential(nn.Conv2d(1, 3, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(3 * 13 * 13, CLASSES)).eval()
+
+
 #: One small example per registered name: the entry's parameters (a spec without its "name").
 EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -41,6 +49,7 @@ EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
     "smoothing": {"m": 4, "sigma": 0.25},  # prediction vote: probabilities, BPDA surrogate
     "pipeline": {"steps": [{"name": "bit_depth", "bits": 4}, {"name": "cap", "n_labels": 2}]},
     "averaged": {"n": 3, "defense": {"name": "xie", "size": [20, 26]}},
+    "advt": {"f_b": _f_b(), "delta": 0.3, "steps": 3},
 }
 
 #: Further specs whose traits differ from their entry's example, so that every branch below runs.
@@ -50,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                "average": "logits"},
     "averaged[bit_depth]": {"name": "averaged", "n": 2,
                             "defense": {"name": "bit_depth", "bits": 2}},
+    "advt[smooth, no start]": {"name": "advt", "f_b": _f_b(), "delta": 0.3, "steps": 3,
+                               "random_start": False, "bpda": "tanh"},
 }
 
 SPECS: dict[str, dict[str, Any]] = {
@@ -69,6 +80,8 @@ TRAITS: dict[str, Traits] = {
     "smoothing": Traits(randomized=True, differentiable=False, output="probs"),
     "pipeline": Traits(randomized=True, differentiable=False, dynamic=True),
     "averaged": Traits(randomized=True),
+    "advt": Traits(randomized=True, differentiable=False, dynamic=True),
+    "advt[smooth, no start]": Traits(differentiable=False, dynamic=True),
     "cap[all labels]": Traits(dynamic=True),
     "smoothing[soft logits]": Traits(randomized=True),
     "averaged[bit_depth]": Traits(differentiable=False),

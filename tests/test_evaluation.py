@@ -300,3 +300,27 @@ def test_clopper_pearson_against_closed_forms() -> None:
     assert binom.sf(139, 200, lo) == pytest.approx(0.025, abs=1e-6)
     assert binom.cdf(140, 200, hi) == pytest.approx(0.025, abs=1e-6)
     assert accuracy_interval(0, 0) != accuracy_interval(0, 0)  # NaN for no examples
+
+
+def test_the_val_split_is_the_training_runs_held_out_split() -> None:
+    """Defenses are tuned on the validation split a training config holds out (never the test
+    set): split "val" selects exactly those images; the ids of other splits ignore val_*."""
+    from advguard.evaluation.harness import load_eval_data
+    from advguard.training import TrainConfig
+    from advguard.training.loop import prepare_data
+
+    config = EvalConfig(dataset="fashion-mnist-sample", split="val", val_size=500, val_seed=3,
+                        n=120)
+    data = load_eval_data(config)
+    held = prepare_data(TrainConfig(dataset="fashion-mnist-sample", val_size=500, seed=3)).val
+    assert held is not None and data.split == "val" and len(data) == 120
+    assert torch.equal(data.images, held.images[:120])
+    assert torch.equal(data.labels, held.labels[:120])
+    other = EvalConfig(dataset="fashion-mnist-sample", split="val", val_size=500, val_seed=4,
+                       n=120)
+    assert config.identity("m") != other.identity("m")
+    test = EvalConfig(dataset="fashion-mnist-sample", n=120)
+    assert test.identity("m") == EvalConfig(dataset="fashion-mnist-sample", n=120,
+                                            val_size=7, val_seed=9).identity("m")
+    with pytest.raises(ConfigError, match="val_size must be >= 1"):
+        EvalConfig(split="val", val_size=0)

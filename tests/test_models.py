@@ -26,7 +26,9 @@ from advguard.models import (
     model_info,
 )
 
-ALL = list_models()
+#: the classifiers (every test below); image-to-image networks are tested at the end
+ALL = [name for name in list_models() if model_info(name).output == "logits"]
+IMAGE_MODELS = [name for name in list_models() if model_info(name).output == "image"]
 #: Smaller configurations of the generic entries, so that the tests stay fast.
 TEST_KWARGS: dict[str, dict[str, Any]] = {
     "cifar_resnet": {"depth": 8},
@@ -232,7 +234,7 @@ def test_generic_entries_take_arch_args() -> None:
 
 
 def test_list_models_pattern() -> None:
-    assert list_models() == sorted(ALL)
+    assert list_models() == sorted(ALL + IMAGE_MODELS)
     assert list_models("wrn*") == ["wrn28_10", "wrn34_10"]
     resnets = list_models("resnet*")
     assert {"resnet18", "resnet20", "resnet110", "resnet50"} <= set(resnets)
@@ -456,3 +458,18 @@ def test_bf16_channels_last_on_gpu(name: str) -> None:
     (loss + grad.pow(2).sum()).backward()
     assert torch.isfinite(logits).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_image_models_map_images_to_images_with_gradients(name: str) -> None:
+    info = model_info(name)
+    assert info.paper and info.description and info.output == "image"
+    model = create_model(name, num_classes=NUM_CLASSES, in_channels=1, input_size=28, seed=0)
+    x = torch.rand(3, 1, 28, 28)
+    out = model(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    clone = create_model_from_spec(model.spec)
+    clone.load_state_dict(model.state_dict())
+    assert torch.equal(clone(x), model(x))

@@ -175,8 +175,8 @@ def test_mixup_mixes_inputs_and_weights_the_loss() -> None:
 def test_config_validation_and_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         TrainConfig.from_dict({"epoch": 3})
-    with pytest.raises(ConfigError, match="epochs must be >= 1"):
-        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="epochs must be >= 0"):
+        TrainConfig(epochs=-1)
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match="bad arguments for recipe"):
@@ -188,3 +188,21 @@ def test_config_validation_and_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.from_file(tmp_path / "bad.yaml")
+
+
+def test_zero_epochs_writes_the_initialized_model(tmp_path: Path) -> None:
+    """An untrained model is a baseline too (AdvT's Table 1): epochs 0 saves the init."""
+    from advguard.checkpoint import load_checkpoint
+    from advguard.models import create_model
+
+    config = TrainConfig(dataset="fashion-mnist-sample", model="lenet5", epochs=0, seed=4,
+                         device="cpu", test_size=0)
+    result = train(config, output_dir=tmp_path / "init", progress=False)
+    saved = load_checkpoint(tmp_path / "init" / "model.safetensors").model
+    from advguard.data import dataset_info
+    info = dataset_info("fashion-mnist-sample")
+    fresh = create_model("lenet5", num_classes=10, in_channels=1, input_size=28, seed=4,
+                         mean=info.mean, std=info.std)
+    for (k, a), b in zip(saved.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert result.record.history == []

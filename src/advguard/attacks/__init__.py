@@ -14,6 +14,7 @@ from advguard.attacks.base import (
     resolve_target,
 )
 from advguard.attacks.epgd import EPGD
+from advguard.attacks.expected_start import PGDExpectedStart
 from advguard.attacks.fgsm import FGSM
 from advguard.attacks.foolbox_attacks import DDN, Boundary, CarliniWagnerL2, GenAttack, HopSkipJump
 from advguard.attacks.losses import LOSSES, get_loss
@@ -27,6 +28,7 @@ __all__ = [
     "APGD", "ATTACKS", "BPDA", "DDN", "EOT", "EPGD", "FAB", "FGSM", "LOSSES", "PGD",
     "APGDTargeted", "Attack", "AttackResult", "AutoAttack", "AutoPGD", "Boundary",
     "CarliniWagnerL2", "GenAttack", "HopSkipJump", "LogitsOf", "MajorityVote", "NAttack",
+    "PGDExpectedStart",
     "SmoothAdv", "Square", "ThreatModel", "Transfer",
     "as_logits_model", "get_loss", "input_gradient",
     "make_attack", "per_example_loss", "resolve_target", "transfer",

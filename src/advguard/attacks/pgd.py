@@ -78,11 +78,17 @@ class PGD(Attack):
     def step_size(self) -> float:
         return self.alpha if self.alpha is not None else 2.5 * self.eps / max(1, self.steps)
 
+    def initial(self, model: nn.Module, x: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """The first iterate (before projection onto the ball): a uniformly random point of the
+        ball (``random_start``) or ``x``. Variants that start elsewhere override this."""
+        return random_start(x, self.norm, self.eps, generator) if self.random_start \
+            else x.clone()
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         threat, loss = self.threat, get_loss(self.loss)
-        adv = threat.project(random_start(x, self.norm, self.eps, generator), x) \
-            if self.random_start else x.clone()
+        adv = threat.project(self.initial(model, x, generator), x)
         for _ in range(self.steps):
             _, grad = input_gradient(model, adv, y, target, loss)
             adv = threat.project(ascent_step(adv, grad, self.norm, self.step_size), x)

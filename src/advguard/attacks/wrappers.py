@@ -21,32 +21,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from advguard.attacks.base import as_logits_model
+from advguard.errors import ConfigError
 from advguard.rng import call_rows, iter_draws, mean_probs
 
 LossOnLogits = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class BPDA(nn.Module):
-    """Forward = the defense's forward; backward through its declared BPDA surrogates.
+    """Forward = the defense's forward; backward through its declared BPDA surrogates, or through
+    the surrogate named ``surrogate`` where a transform offers several (e.g. AdvT's "softsign").
 
     Example::
 
         attack(BPDA(Pipeline([BitDepthReduction(bits=3)], model)), x, y)
     """
 
-    def __init__(self, defense: nn.Module) -> None:
+    def __init__(self, defense: nn.Module, *, surrogate: str | None = None) -> None:
         super().__init__()
         if not hasattr(defense, "forward_bpda"):
             raise TypeError("BPDA needs a Defense (with forward_bpda); wrap plain models with "
                             "advguard.defenses.as_defense")
         self.defense = defense
         self.traits = getattr(defense, "traits", None)
+        if surrogate is not None:
+            offered = sorted({name for t in _transforms(defense)
+                              for name in getattr(t, "surrogates", ())})
+            if surrogate not in offered:
+                raise ConfigError(f"BPDA surrogate {surrogate!r} is not offered by the defense "
+                                  f"(offered: {', '.join(offered) or 'none'})")
+        self.surrogate = surrogate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from advguard.defenses.base import surrogate_choice
+
         fn = self.defense.forward_bpda
         assert callable(fn)
-        with call_rows(x):  # the rows' own draws inside the harness, as a defense call
+        # the rows' own draws inside the harness, as a defense call
+        with call_rows(x), surrogate_choice(self.surrogate):
             return fn(x)
+
+
+def _transforms(defense: nn.Module) -> list[nn.Module]:
+    fn = getattr(defense, "transforms", None)
+    return list(fn()) if callable(fn) else []
 
 
 def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:

@@ -1,6 +1,7 @@
 """Defenses: the protocol (traits, BPDA surrogates, owned randomness), composition, and the
 registered defenses."""
 
+from advguard.defenses.adv_transform import AdvTransform
 from advguard.defenses.base import (
     Averaged,
     Defense,
@@ -22,7 +23,7 @@ from advguard.defenses.smoothing import Smoothed, SmoothedPrediction, clopper_pe
 from advguard.defenses.transforms import GuoCropRescale, RandomRotation, XiePadding
 
 __all__ = [
-    "CAP", "DEFENSES", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise",
+    "CAP", "DEFENSES", "AdvTransform", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise",
     "GuoCropRescale", "MixupInference", "Pipeline", "RandomRotation", "Randomness", "Smoothed",
     "SmoothedPrediction", "Traits",
     "Transform", "Undefended", "XiePadding", "as_defense", "build_defense", "build_part",

@@ -39,7 +39,8 @@ from advguard.rng import Randomness, call_rows, derive_seed, is_randomized, mean
 from advguard.utils import check_images
 
 __all__ = ["Averaged", "Defense", "Output", "Pipeline", "Randomness", "Traits", "Transform",
-           "Undefended", "as_defense", "derive_seed", "gradient_inside_forward", "inside_defense"]
+           "Undefended", "as_defense", "chosen_surrogate", "derive_seed",
+           "gradient_inside_forward", "inside_defense", "surrogate_choice"]
 
 Output = Literal["logits", "probs"]
 
@@ -76,14 +77,39 @@ def gradient_inside_forward(loss: Callable[[torch.Tensor], torch.Tensor], x: tor
 
 
 # --------------------------------------------------------------------------- transforms
+_SURROGATE: contextvars.ContextVar[str | None] = contextvars.ContextVar("advguard_surrogate",
+                                                                        default=None)
+
+
+@contextlib.contextmanager
+def surrogate_choice(name: str | None) -> Iterator[None]:
+    """Within the context, BPDA passes use the surrogate ``name`` of transforms that offer it
+    (:attr:`Transform.surrogates`) instead of their configured one (None: no change). Set by
+    :class:`~advguard.attacks.wrappers.BPDA` for a cascade step that names a surrogate."""
+    token = _SURROGATE.set(name)
+    try:
+        yield
+    finally:
+        _SURROGATE.reset(token)
+
+
+def chosen_surrogate(default: str) -> str:
+    """The surrogate a BPDA pass asks for (:func:`surrogate_choice`), else ``default``."""
+    return _SURROGATE.get() or default
+
+
 class Transform(Randomness):
     """A preprocessing defense: images (N,C,H,W) in [0,1] → images in [0,1] (same N, C).
 
     Subclasses set ``traits`` (class attribute or property) and implement :meth:`transform`;
-    non-differentiable ones may override :meth:`surrogate` (default: identity) for BPDA.
+    non-differentiable ones may override :meth:`surrogate` (default: identity) for BPDA, and
+    those offering several surrogates list their names in :attr:`surrogates` (a cascade step may
+    then pick one, :func:`surrogate_choice`).
     """
 
     traits: Traits = Traits()
+    #: the BPDA surrogates a cascade step may name (``StepSpec.bpda``)
+    surrogates: tuple[str, ...] = ()
 
     @classmethod
     def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Transform:

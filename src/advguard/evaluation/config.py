@@ -32,10 +32,12 @@ class StepSpec:
     for decision-based attacks on randomized defenses).
     ``attack``: a registered attack name; ``params`` its keyword arguments (``eps`` and ``norm``
     come from the evaluation). ``target``: None, ``"least_likely"`` or ``"random"``.
-    ``bpda``: force BPDA on/off (None: from the defense's traits). ``eot_objective``: what an
-    EOT attack maximizes over the draws — ``"mean_loss"`` (the mean of the per-draw losses: the
-    averaged gradient of Athalye et al.) or ``"expected_softmax"`` (the loss of
-    ``log mean_i softmax(f_i(x))``, the prediction of a vote or an average over draws).
+    ``bpda``: force BPDA on/off (None: from the defense's traits), or the name of one of the
+    defense's BPDA surrogates (e.g. ``"softsign"`` for AdvT), which turns BPDA on with it.
+    ``eot_objective``: what an EOT attack maximizes over the draws — ``"mean_loss"`` (the mean
+    of the per-draw losses: the averaged gradient of Athalye et al.) or ``"expected_softmax"``
+    (the loss of ``log mean_i softmax(f_i(x))``, the prediction of a vote or an average over
+    draws).
     ``label``: display name.
     """
 
@@ -44,7 +46,7 @@ class StepSpec:
     params: dict[str, Any] = field(default_factory=dict)
     target: Literal["least_likely", "random"] | None = None
     eot: int = 20
-    bpda: bool | None = None
+    bpda: bool | str | None = None
     source: str | None = None
     vote: int = 15
     eot_objective: Literal["mean_loss", "expected_softmax"] = "mean_loss"
@@ -68,7 +70,8 @@ class StepSpec:
         if self.target:
             extras.append(f"target={self.target}")
         if self.bpda is not None:
-            extras.append(f"bpda={'on' if self.bpda else 'off'}")
+            extras.append(f"bpda={self.bpda}" if isinstance(self.bpda, str)
+                          else f"bpda={'on' if self.bpda else 'off'}")
         if self.setting == "adaptive" and self.eot != 20:
             extras.append(f"eot={self.eot}")
         if self.eot_objective != "mean_loss":
@@ -115,6 +118,9 @@ class EvalConfig(FileConfig):
     ``steps``, ``preset`` (an attack preset, :mod:`advguard.evaluation.presets`: its steps,
     composed from the defense's traits, run after ``steps``; ``auto`` — the default when
     ``steps`` is empty — picks ``standard`` or ``rand``; ``none``: clean accuracy only),
+    ``split`` "val" is the validation split a training config holds out of "train"
+    (``val_size`` examples, stratified, seeded by ``val_seed``: the ``val_size`` and ``seed`` of
+    the :class:`~advguard.training.TrainConfig`), for tuning a defense without the test set;
     ``runs`` independent runs for randomized defenses (worst case kept; ≥ 5
     recommended), ``seed``, ``batch_size`` (examples per chunk: the unit of work committed to the
     record store), reliability ``checks`` on ``check_examples`` examples.
@@ -145,6 +151,8 @@ class EvalConfig(FileConfig):
     name: str = ""
     dataset: str = "fashion-mnist-sample"
     split: str = "test"
+    val_size: int = 5000
+    val_seed: int = 0
     data_root: str | None = None
     n: int | None = None
     subset: str = "first"
@@ -169,6 +177,8 @@ class EvalConfig(FileConfig):
             raise ConfigError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
         if self.n is not None and self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.split == "val" and self.val_size < 1:
+            raise ConfigError(f"val_size must be >= 1, got {self.val_size}")
         if self.runs < 1 or self.batch_size < 1 or self.check_examples < 1:
             raise ConfigError("runs, batch_size and check_examples must be >= 1")
         steps = tuple(s if isinstance(s, StepSpec) else StepSpec.from_dict(s) for s in self.steps)
@@ -206,6 +216,9 @@ class EvalConfig(FileConfig):
         payload.pop("device")
         payload.pop("name")
         payload.pop("preset")
+        if self.split != "val":  # only the validation split depends on them (old ids stay valid)
+            payload.pop("val_size")
+            payload.pop("val_seed")
         if self.preset_name != "none":
             payload["preset"] = self.preset_name
         for step in payload["steps"]:

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -74,8 +75,16 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def load_eval_data(config: EvalConfig) -> ImageDataset:
-    """The examples an evaluation config selects (first ``n``, or class-balanced ``n``)."""
-    data = load_dataset(config.dataset, config.split, root=config.data_root)
+    """The examples an evaluation config selects (first ``n``, or class-balanced ``n``) of its
+    split; ``"val"`` is the held-out validation part of ``"train"`` (``val_size``, ``val_seed``)."""
+    if config.split == "val":
+        from advguard.data.subsets import train_val_split
+
+        train = load_dataset(config.dataset, "train", root=config.data_root)
+        data = dataclasses.replace(train_val_split(train, config.val_size,
+                                                   seed=config.val_seed)[1], split="val")
+    else:
+        data = load_dataset(config.dataset, config.split, root=config.data_root)
     if config.n is not None and config.n < len(data):
         data = first_n(data, config.n) if config.subset == "first" else \
             balanced_subset(data, n=config.n, seed=config.seed)
@@ -158,7 +167,7 @@ def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRe
         checks.check_randomness(defense, x, declared=defense.traits.randomized),
         checks.check_dynamic(defense, x, declared=defense.traits.dynamic),
     ]
-    probed: set[bool] = set()
+    probed: set[bool | str] = set()
     for s, prep in enumerate(ctx.prepared):
         if prep.gradient_model is not None and prep.white_box:
             # the probes test the gradients a step follows: once per way of taking them (exact

@@ -79,8 +79,12 @@ class Adaptive(Setting):
     def prepare(self, spec: StepSpec, defense: Defense, attack: Attack,
                 load_model: ModelLoader) -> Prepared:
         traits = defense.traits
-        use_bpda = (not traits.differentiable) if spec.bpda is None else spec.bpda
-        model: nn.Module = BPDA(defense) if use_bpda else defense
+        use_bpda = (not traits.differentiable) if spec.bpda is None else bool(spec.bpda)
+        surrogate = spec.bpda if isinstance(spec.bpda, str) else None
+        try:
+            model: nn.Module = BPDA(defense, surrogate=surrogate) if use_bpda else defense
+        except ConfigError as exc:
+            raise ConfigError(f"step {spec.display}: {exc}") from None
         field_names = {f.name for f in dataclasses.fields(attack)}
         if traits.randomized and spec.eot > 1:
             library_eot = "eot_iter" in field_names and spec.eot_objective == "mean_loss"

@@ -47,7 +47,8 @@ class ModelInfo:
 
     ``default_input_size`` is the side of the square input the architecture was designed for
     (28 for MNIST-style nets, 32 for CIFAR nets); ``dataset`` the intended dataset family;
-    ``reference`` the code the implementation follows.
+    ``reference`` the code the implementation follows; ``output`` "logits" (a classifier, the
+    default) or "image" (an image-to-image network such as AdvT's imitation network).
     """
 
     name: str
@@ -57,15 +58,18 @@ class ModelInfo:
     dataset: str = ""
     reference: str = ""
     arch_args: tuple[str, ...] = ()
+    output: str = "logits"
 
 
 def register_model(name: str, *, paper: str, default_input_size: int, dataset: str,
-                   description: str, reference: str = "") -> Callable[[ModelFactory], ModelFactory]:
+                   description: str, reference: str = "",
+                   output: str = "logits") -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering an architecture factory under ``name`` in :data:`MODELS`.
 
     The factory must take keyword-only ``num_classes``, ``in_channels``, ``input_size`` plus its
     own architecture arguments (JSON-serializable values, with defaults unless the caller must
-    choose), and return an ``nn.Module`` mapping normalized ``(N, C, H, W)`` inputs to logits.
+    choose), and return an ``nn.Module`` mapping normalized ``(N, C, H, W)`` inputs to logits
+    (``output="image"``: to images in [0, 1] of the input's shape).
     """
 
     def decorator(factory: ModelFactory) -> ModelFactory:
@@ -75,7 +79,7 @@ def register_model(name: str, *, paper: str, default_input_size: int, dataset: s
             raise TypeError(f"model factory {name!r} lacks keyword arguments {missing}")
         return MODELS.register(
             name, paper=paper, default_input_size=default_input_size, dataset=dataset,
-            description=description, reference=reference)(factory)
+            description=description, reference=reference, output=output)(factory)
 
     return decorator
 
@@ -213,4 +217,5 @@ def model_info(name: str) -> ModelInfo:
         dataset=str(meta.get("dataset", "")),
         reference=str(meta.get("reference", "")),
         arch_args=tuple(_arch_params(name)),
+        output=str(meta.get("output", "logits")),
     )

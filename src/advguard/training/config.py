@@ -20,7 +20,8 @@ class TrainConfig(FileConfig):
     """Everything that determines a training run.
 
     Units: ``lr`` is the peak learning rate of the schedule; ``epochs`` are passes over the
-    (sub-sampled) training split; ``train_size`` is a class-balanced subset size (None: all);
+    (sub-sampled) training split (0: the initialized, untrained model is written — e.g. the
+    untrained f_b of AdvT's Table 1); ``train_size`` is a class-balanced subset size (None: all);
     ``val_size`` is held out from the training split (int: count, float: fraction), stratified and
     seeded, used for validation metrics and for tuning defenses — never the test split;
     ``test_size`` evaluates the first n test points each ``eval_every`` epochs (None: all; 0: none).
@@ -72,8 +73,8 @@ class TrainConfig(FileConfig):
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"invalid training config: {msg}")
 
-        if self.epochs < 1:
-            raise bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0:
+            raise bad(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise bad(f"batch_size must be >= 1, got {self.batch_size}")
         if not math.isfinite(self.lr) or self.lr <= 0:

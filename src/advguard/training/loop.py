@@ -468,6 +468,8 @@ class _Run:
                     self._write_model()
         self.elapsed = time.perf_counter() - started
         self.model.eval()
+        if cfg.epochs == 0 and self.out is not None:  # the untrained model, as initialized
+            self._write_model()
         record = self._record()
         if self.out is not None:
             (self.out / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2))
@@ -547,7 +549,8 @@ class _Run:
             for split, ds in (("val", self.data.val), ("test", self.data.test)):
                 if ds is not None:
                     row[f"{split}_acc"] = evaluate_accuracy(
-                        self.model, ds, batch_size=cfg.eval_batch_size, bf16=self.use_bf16)
+                        self.recipe.evaluation_model(self.model), ds,
+                        batch_size=cfg.eval_batch_size, bf16=self.use_bf16)
         row["elapsed_s"] = round(self.elapsed, 3)
         if not math.isfinite(row["train_loss"]):
             raise AdvguardError(f"training diverged at epoch {self.epoch + 1} "

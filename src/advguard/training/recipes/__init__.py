@@ -1,5 +1,6 @@
 """Training recipes, registered by name in :data:`RECIPES`."""
 
+from advguard.training.recipes.advt import AdvT, AdvTImitate
 from advguard.training.recipes.base import RECIPES, Recipe, StepOutput, count_correct, make_recipe
 from advguard.training.recipes.fast_at import FastAT
 from advguard.training.recipes.iat import IAT
@@ -10,7 +11,21 @@ from advguard.training.recipes.standard import Standard
 from advguard.training.recipes.trades import TRADES, KLObjective, trades_kl
 
 __all__ = [
-    "IAT", "PGDAT", "RECIPES", "TRADES", "FastAT", "InputNoise", "KLObjective", "Mixup",
-    "NoiseInjection", "Recipe", "Standard", "StepOutput", "count_correct", "make_recipe",
+    "IAT",
+    "PGDAT",
+    "RECIPES",
+    "TRADES",
+    "AdvT",
+    "AdvTImitate",
+    "FastAT",
+    "InputNoise",
+    "KLObjective",
+    "Mixup",
+    "NoiseInjection",
+    "Recipe",
+    "Standard",
+    "StepOutput",
+    "count_correct",
+    "make_recipe",
     "trades_kl",
 ]

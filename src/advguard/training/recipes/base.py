@@ -51,6 +51,12 @@ class Recipe(abc.ABC):
         """Called once on the freshly created model (before it moves to the device)."""
         return model
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """What the loop's validation and test accuracy measure: ``model`` itself by default; a
+        recipe whose model is only used behind a transformation (AdvT's ``f_a(g(x))``) returns
+        the defended model."""
+        return model
+
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: every trainable parameter gets ``weight_decay`` except the
         direct parameters of submodules that declare ``exclude_from_weight_decay = True`` (the
