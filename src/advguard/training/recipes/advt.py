@@ -87,10 +87,14 @@ class AdvT(Recipe):
             t.to(device)
         return t
 
+    def transformed(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``g(x)`` for a training batch (detached; random starts from ``generator``)."""
+        with torch.no_grad():
+            return self._transform_on(x.device).transform(x, generator)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              generator: torch.Generator) -> StepOutput:
-        with torch.no_grad():
-            gx = self._transform_on(x.device).transform(x, generator)
+        gx = self.transformed(x, generator)
         logits = model(gx)
         dist = (gx - x).flatten(1).abs().amax(1).mean()
         return StepOutput(loss=F.cross_entropy(logits, y), correct=count_correct(logits, y),
@@ -148,8 +152,7 @@ class AdvTImitate(AdvT):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              generator: torch.Generator) -> StepOutput:
-        with torch.no_grad():
-            gx = self._transform_on(x.device).transform(x, generator)
+        gx = self.transformed(x, generator)
         out = model(x)
         mse = F.mse_loss(out, gx)
         linf = (out.detach() - gx).flatten(1).abs().amax(1).mean()
