@@ -395,3 +395,20 @@ def test_f_a_and_f_b_evaluate_from_one_model_and_one_defense_on_the_command_line
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert "f_b: checkpoint" in err and "not found" in err and "Traceback" not in err
+
+
+def test_parts_of_the_wrong_kind_are_refused_when_the_defense_is_built(tmp_path: Path) -> None:
+    f_a = create_model("lenet5", num_classes=10, in_channels=1, seed=1)
+    fcn = create_model("image_fcn", num_classes=10, in_channels=1, input_size=28, seed=0)
+    classifier = _save(tmp_path, "f_b", create_model("lenet5", num_classes=10, in_channels=1))
+    image_net = _save(tmp_path, "h", fcn)
+    with pytest.raises(ConfigError, match="f_b must be a classifier"):
+        build_defense({"name": "advt", "f_b": str(image_net)}, f_a)
+    with pytest.raises(ConfigError, match="surrogate_model must map images to images"):
+        build_defense({"name": "advt", "f_b": str(classifier), "bpda": "learned",
+                       "surrogate_model": str(classifier)}, f_a)
+    with pytest.raises(ConfigError, match="defense 'advt' needs 'f_b'"):
+        build_defense({"name": "advt"}, f_a)
+    defense = build_defense({"name": "advt", "f_b": str(classifier),
+                             "surrogate_model": str(image_net)}, f_a)  # learned: on offer
+    assert defense.steps[0].surrogates == ("identity", "softsign", "tanh", "learned")  # type: ignore[index]

@@ -220,6 +220,7 @@ class AdvTransform(Transform):
         self.f_b = load_checkpoint_part(f_b, like=model, role="f_b")
         self.h = None if surrogate_model is None else load_checkpoint_part(
             surrogate_model, like=model, role="surrogate_model", same_classes=False)
+        _probe(self.f_b, self.h, model)
         self.delta = float(delta)
         self.steps = steps
         self.step_size = float(step_size) if step_size is not None else self.delta / 6
@@ -235,6 +236,9 @@ class AdvTransform(Transform):
     @classmethod
     def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> AdvTransform:
         """Build from a spec, loading ``f_b`` (and ``surrogate_model``) against ``model``."""
+        if "f_b" not in params:
+            raise ConfigError("defense 'advt' needs 'f_b': the checkpoint of the pre-trained "
+                              "transformation model (e.g. runs/scale_s/advt/f_b/model.safetensors)")
         return cls(**params, model=model)
 
     # ------------------------------------------------------------------ the transformation
@@ -298,6 +302,31 @@ class AdvTransform(Transform):
         return (f"delta={self.delta}, steps={self.steps}, step_size={self.step_size:.4g}, "
                 f"random_start={self.random_start}, targeting={self.targeting!r}, "
                 f"bpda={self.bpda!r}")
+
+
+def _probe(f_b: nn.Module, h: nn.Module | None, model: nn.Module | None) -> None:
+    """One forward of a blank image through ``f_b`` (and ``h``) when the input shape is known:
+    ``f_b`` must give one score per class, ``h`` an image of the input's shape — a checkpoint of
+    the wrong kind is refused here, not as a shape error in the middle of an evaluation."""
+    from advguard.defenses.resources import input_facts
+
+    facts = input_facts(model) if model is not None else input_facts(f_b)
+    if facts.channels is None or facts.size is None:
+        return
+    try:
+        param = next(f_b.parameters())
+    except StopIteration:
+        return
+    x = torch.zeros(1, facts.channels, facts.size, facts.size, device=param.device,
+                    dtype=param.dtype)
+    with torch.no_grad():
+        out = f_b(x)
+        if out.dim() != 2 or (facts.num_classes is not None and out.shape[1] != facts.num_classes):
+            raise ConfigError(f"f_b must be a classifier giving one score per class; it maps a "
+                              f"{tuple(x.shape[1:])} image to shape {tuple(out.shape[1:])}")
+        if h is not None and tuple(h(x).shape) != tuple(x.shape):
+            raise ConfigError(f"surrogate_model must map images to images of the same shape; it "
+                              f"maps {tuple(x.shape[1:])} to {tuple(h(x).shape[1:])}")
 
 
 def expected_distance(transform: AdvTransform, x: torch.Tensor, samples: int, *,
