@@ -283,3 +283,27 @@ def test_shipped_sweeps_choose_on_validation_only(name: str) -> None:
     assert max(spec.ms) == 512 and spec.val_ms is not None and set(spec.val_ms) <= set(spec.ms)
     assert spec.train and {t.output + "/model.safetensors" for t in spec.train} == set(
         spec.models.values())
+
+
+def test_run_only_trains_the_models_the_selected_cells_read(tmp_path: Path) -> None:
+    """`experiment run --only CELL` trains just the listed models that CELL reads (here: one of
+    two untrained models, epochs 0), not every model of the experiment."""
+    cfg = tmp_path / "init.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"dataset": "fashion-mnist-sample", "model": "lenet5",
+                                             "epochs": 0, "device": "cpu", "test_size": 0}}))
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "ab"  # one path a prefix of the other
+    data = {
+        "experiment": "only", "store": str(tmp_path / "only.sqlite"),
+        "train": [{"config": str(cfg), "output": str(a)}, {"config": str(cfg), "output": str(b)}],
+        "base": {"dataset": "fashion-mnist-sample", "n": 4, "batch_size": 4, "device": "cpu",
+                 "checks": False, "eps": 0.1, "preset": "none"},
+        "axes": {"model": {"A": {"model": str(a / "model.safetensors")},
+                           "B": {"model": str(b / "model.safetensors")}}},
+    }
+    path = tmp_path / "only.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_experiment(path)
+    spec.run(only="only:A", progress=False)
+    assert (a / "model.safetensors").exists() and not b.exists()
+    spec.run(progress=False)
+    assert (b / "model.safetensors").exists()

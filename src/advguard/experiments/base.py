@@ -98,20 +98,29 @@ class Experiment(ABC):
             device: str | None = None) -> None:
         """Train the listed models if needed, then compute every missing unit. Resumable: an
         interrupted run continues where it stopped."""
-        self.train_models(progress=progress)
+        self.train_models(progress=progress, only=only)
         self.compute(only=only, progress=progress, device=device)
+
+    def references(self, only: str | None) -> str | None:
+        """Text in which the selected units name the checkpoints they read (None: unknown, so
+        every listed model is needed). With ``only``, :meth:`train_models` trains just the
+        models this text names."""
+        return None
 
     def selected(self, only: str | None) -> list[str]:
         return [c for c in self.cells() if not only or fnmatch.fnmatch(c, only)]
 
-    def train_models(self, *, progress: bool = True) -> list[Path]:
+    def train_models(self, *, progress: bool = True, only: str | None = None) -> list[Path]:
         """Train the models the experiment lists (each is skipped when its record exists and
-        resumes when interrupted)."""
+        resumes when interrupted); with ``only``, just those the selected units read."""
         from advguard.training import TrainConfig, train
 
         outputs = []
+        refs = self.references(only) if only else None
         for item in self.train:
             out = Path(item.output)
+            if refs is not None and f"{out.as_posix()}/" not in refs:
+                continue
             if (out / "record.json").exists():
                 outputs.append(out / "model.safetensors")
                 continue

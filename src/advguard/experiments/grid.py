@@ -149,6 +149,13 @@ class GridExperiment(Experiment):
     def cells(self) -> list[str]:
         return [cell.config.name for cell in expand(self)]
 
+    def references(self, only: str | None) -> str | None:
+        import json
+
+        wanted = set(self.selected(only))
+        return json.dumps([cell.config.to_dict() for cell in expand(self)
+                           if cell.config.name in wanted], default=str)
+
     def compute(self, *, only: str | None = None, progress: bool = True,
                 device: str | None = None) -> None:
         self.evaluate(only=only, progress=progress, device=device)
