@@ -50,6 +50,9 @@ EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
     "pipeline": {"steps": [{"name": "bit_depth", "bits": 4}, {"name": "cap", "n_labels": 2}]},
     "averaged": {"n": 3, "defense": {"name": "xie", "size": [20, 26]}},
     "advt": {"f_b": _f_b(), "delta": 0.3, "steps": 3},
+    "post_train": {"data": {"dataset": "fashion-mnist-sample", "n": 100}, "eps": 0.1,
+                   "neighbour_alpha": 0.125, "neighbour_steps": 3, "iterations": 2,
+                   "per_class": 4},
 }
 
 #: Further specs whose traits differ from their entry's example, so that every branch below runs.
@@ -81,6 +84,7 @@ TRAITS: dict[str, Traits] = {
     "pipeline": Traits(randomized=True, differentiable=False, dynamic=True),
     "averaged": Traits(randomized=True),
     "advt": Traits(randomized=True, differentiable=False, dynamic=True),
+    "post_train": Traits(randomized=True, differentiable=False, dynamic=True),
     "advt[smooth, no start]": Traits(differentiable=False, dynamic=True),
     "cap[all labels]": Traits(dynamic=True),
     "smoothing[soft logits]": Traits(randomized=True),

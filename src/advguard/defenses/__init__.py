@@ -16,6 +16,7 @@ from advguard.defenses.base import (
 )
 from advguard.defenses.cap import CAP
 from advguard.defenses.mixup_inference import MixupInference
+from advguard.defenses.post_training import PostTrain
 from advguard.defenses.reference import BitDepthReduction, GaussianNoise
 from advguard.defenses.registry import DEFENSES, build_defense, build_part
 from advguard.defenses.resources import load_checkpoint_part, load_data_part
@@ -24,7 +25,8 @@ from advguard.defenses.transforms import GuoCropRescale, RandomRotation, XiePadd
 
 __all__ = [
     "CAP", "DEFENSES", "AdvTransform", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise",
-    "GuoCropRescale", "MixupInference", "Pipeline", "RandomRotation", "Randomness", "Smoothed",
+    "GuoCropRescale", "MixupInference", "Pipeline", "PostTrain", "RandomRotation", "Randomness",
+    "Smoothed",
     "SmoothedPrediction", "Traits",
     "Transform", "Undefended", "XiePadding", "as_defense", "build_defense", "build_part",
     "clopper_pearson", "derive_seed", "gradient_inside_forward", "load_checkpoint_part",

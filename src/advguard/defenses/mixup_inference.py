@@ -55,7 +55,7 @@ def _load_pool_cached(dataset: str, split: str, n: int | None, seed: int,
     return data
 
 
-def load_pool(spec: Mapping[str, Any]) -> ImageDataset:
+def load_pool(spec: Mapping[str, Any], *, role: str = "MI-OL pool") -> ImageDataset:
     """The mixing pool a spec names: ``dataset`` (required), ``split`` ("train", default, or
     "val": the validation part of ``train_val_split(train, val_size, seed=0)``, ``val_size``
     default 5000 — the held-out split of advguard's training configs), ``n`` (a class-balanced
@@ -64,13 +64,13 @@ def load_pool(spec: Mapping[str, Any]) -> ImageDataset:
     known = {"dataset", "split", "n", "seed", "val_size", "root"}
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise ConfigError(f"unknown MI-OL pool key(s): {', '.join(unknown)} (known: "
+        raise ConfigError(f"unknown {role} key(s): {', '.join(unknown)} (known: "
                           f"{', '.join(sorted(known))})")
     if "dataset" not in spec:
-        raise ConfigError("an MI-OL pool spec needs a 'dataset'")
+        raise ConfigError(f"a {role} spec needs a 'dataset'")
     split = str(spec.get("split", "train"))
     if split not in POOL_SPLITS:
-        raise ConfigError(f"the MI-OL pool must come from training or validation data "
+        raise ConfigError(f"the {role} must come from training or validation data "
                           f"(split 'train' or 'val'), never {split!r}")
     n = spec.get("n")
     return _load_pool_cached(str(spec["dataset"]), split, None if n is None else int(n),

@@ -1,0 +1,375 @@
+"""POST: adaptive modeling — per-input post-training of the classifier at inference.
+
+Paper: Yan & Ng, "Adaptive Modeling Against Adversarial Attacks" (Algorithms 1–2, Eq. 2–7;
+reference code ``JokerYan/post_training``). For each input ``x′``:
+
+1. ``y′ = f(x′)``, the **original class**;
+2. the **neighbour class** ``y″ = f(x″)``: ``x″`` is an untargeted PGD from ``x′`` away from
+   ``y′`` (Algorithm 1: ``neighbour_steps`` = 20 sign-gradient steps of ``neighbour_alpha``, no
+   random start, within the L∞ ball ``eps`` and [0, 1]) — or (``neighbour="targeted"``, Table 4)
+   the most confident of targeted PGDs towards every other class (the lowest target loss);
+3. if ``y″ = y′`` the base model's prediction stands; otherwise a copy of the model is
+   post-trained for ``iterations`` (K = 50) SGD steps (``lr`` 1e-3, momentum 0.9, Nesterov), each
+   on ``per_class`` (M/2) training images of class ``y′`` and ``per_class`` of class ``y″``
+   (``composition="neighbour"``; the ablation's ``"random_class"``: ``y′`` and a random other
+   class drawn per step; ``"random"``: ``2·per_class`` random training images), perturbed by
+   ``method``:
+
+   * ``"fast"`` — FGSM from a uniform random start (Wong et al.'s Fast-FGSM): ``δ ~ U(−ε, ε)``,
+     ``δ ← clip_ε(δ + α·sgn ∇ₓℓ)`` with ``train_eps``, ``train_alpha`` (defaults ``eps``, 10/255
+     as in the reference code), clipped to [0, 1] (the reference code does not clip);
+   * ``"pgd"`` — PGD-``train_steps`` from a uniform random start, step ``2.5·ε/steps``;
+   * ``"fixed"`` — every training image plus ``δ_fix = x″ − x′`` (Eq. 5–7), unclipped as Eq. 7;
+   * ``"normal"`` — the images as they are;
+
+   with BatchNorm in eval mode (running statistics used, never updated); then ``x′`` is classified
+   by the post-trained copy.
+
+The training data is a pool of **training** (or validation) images named by ``data``: a pool spec
+as MI-OL's (``{"dataset": "fashion-mnist", "root": ...}``; ``split`` "train" or "val", never
+"test"), checked against the model (classes, channels, size) when the defense is built.
+
+**Batched post-training.** The reference code deep-copies the model per input (batch size 1).
+Here ``chunk`` inputs are post-trained at once as independent parameter sets — the parameters
+stacked along a leading dimension and the model run with :func:`torch.func.functional_call`
+under :func:`torch.func.vmap` — each with its own SGD momentum, its own y′/y″ batches and its own
+early exit (inputs with ``y″ = y′`` are not trained). Every random draw of an input (its training
+batches, its FGSM starts, its random classes) is keyed by that input's row key (per example
+inside the evaluation harness), so an input's outcome does not depend on the other inputs of its
+chunk or on ``chunk``: the batched path gives the predictions of the per-input loop.
+
+Traits: randomized (data sampling), **not differentiable** through the fine-tuning, dynamic (an
+attack and an optimization inside the forward pass). Gradients for attackers: the forward pass is
+differentiable in ``x`` through the final classification by the post-trained copy, its
+parameters held fixed (the natural BPDA of a test-time-adapted model); the base model is the
+pre-trained classifier.
+
+Shapes: inputs (B, C, H, W) in [0, 1], outputs logits (B, K).
+
+Example::
+
+    post = build_defense({"name": "post_train", "data": {"dataset": "fashion-mnist"},
+                          "eps": 0.1, "neighbour_alpha": 0.125, "method": "fast"}, model)
+    logits = post(x)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from advguard.data import ImageDataset
+from advguard.defenses.base import Defense, Traits
+from advguard.defenses.registry import DEFENSES
+from advguard.errors import ConfigError
+from advguard.rng import combine, keyed_uniform, row_keys
+from advguard.utils import eval_mode
+
+__all__ = ["PostTrain", "find_neighbours", "post_train_params"]
+
+Method = Literal["fast", "pgd", "fixed", "normal"]
+Composition = Literal["neighbour", "random_class", "random"]
+NeighbourSearch = Literal["untargeted", "targeted"]
+
+# tags of the keyed draws (an input's key is combined with the tag and the iteration)
+_T_FIRST, _T_SECOND, _T_CLASS, _T_START = 11, 12, 13, 14
+
+
+def find_neighbours(model: nn.Module, x: torch.Tensor, y1: torch.Tensor, *, eps: float,
+                    alpha: float, steps: int, search: NeighbourSearch = "untargeted",
+                    num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neighbour class ``y″`` of each input and ``x″ − x′`` (Algorithm 1): untargeted PGD
+    away from ``y1`` (no random start), or the most confident of the targeted PGDs towards every
+    class but ``y1``. Returns ``(y2, delta)``, detached; ``model`` is used as it is (eval mode
+    expected) and its parameters are never touched."""
+    from advguard.attacks.pgd import PGD
+
+    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=False)
+    gen = torch.Generator(device=x.device)  # unused: no random start
+    x = x.detach()
+    if search == "untargeted":
+        adv = attack.perturb(model, x, y1, target=None, generator=gen)
+    else:
+        k = int(num_classes) if num_classes is not None else int(model(x[:1]).shape[1])
+        B = x.shape[0]
+        targets = (y1[None, :] + torch.arange(1, k, device=x.device)[:, None]) % k  # (K−1, B)
+        xs = x.repeat(k - 1, 1, 1, 1)
+        adv_all = attack.perturb(model, xs, y1.repeat(k - 1), target=targets.flatten(),
+                                 generator=gen)
+        with torch.no_grad():
+            loss = F.cross_entropy(model(adv_all), targets.flatten(), reduction="none")
+        best = loss.view(k - 1, B).argmin(0)
+        adv = adv_all.view(k - 1, B, *x.shape[1:])[best, torch.arange(B, device=x.device)]
+    with torch.no_grad():
+        y2 = model(adv).argmax(1)
+    return y2, (adv - x).detach()
+
+
+class _Pool:
+    """Training images sorted by class: ``images`` (P, C, H, W), ``start``/``count`` per class."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        order = labels.argsort(stable=True)
+        self.labels = labels[order].long()
+        self.images = images[order].float()
+        self.count = torch.bincount(self.labels)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def to(self, device: torch.device) -> _Pool:
+        if self.images.device != device:
+            for name in ("labels", "images", "count", "start"):
+                setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def _draw_from_class(pool: _Pool, keys: torch.Tensor, classes: torch.Tensor, n: int
+                     ) -> torch.Tensor:
+    """``n`` distinct pool indices of class ``classes[b]`` per row (uniform without
+    replacement), from the keyed draws ``keys`` (B,)."""
+    counts = pool.count[classes]
+    width = int(counts.max())
+    u = keyed_uniform(keys, (width,)).to(counts.device)
+    u = u.masked_fill(torch.arange(width, device=u.device)[None, :] >= counts[:, None], 2.0)
+    pos = torch.topk(u, min(n, width), dim=1, largest=False).indices
+    if n > width:  # a class smaller than n: cycle through its images
+        pos = pos.repeat(1, -(-n // width))[:, :n]
+    pos = torch.minimum(pos, counts[:, None] - 1)
+    return pool.start[classes][:, None] + pos
+
+
+class _Functional:
+    """A model run with stacked parameter sets (one per input) via ``functional_call`` + ``vmap``;
+    buffers (BatchNorm statistics) are shared and never written (eval mode)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.buffers = dict(model.named_buffers())
+
+    def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(self.model, (params, self.buffers), (x,))
+        return out
+
+    def loss(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+             y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits(params, x), y)
+
+    def batched_logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, M, K) of inputs x (B, M, C, H, W), row b through parameter set b."""
+        out: torch.Tensor = vmap(self.logits)(params, x)
+        return out
+
+    def param_grads(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = vmap(grad(self.loss))(params, x, y)
+        return out
+
+    def input_grads(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = vmap(grad(self.loss, argnums=1))(params, x, y)
+        return out
+
+
+def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: torch.Tensor,
+                      y2: torch.Tensor, delta: torch.Tensor, *, method: Method,
+                      composition: Composition, iterations: int, per_class: int, lr: float,
+                      momentum: float, nesterov: bool, train_eps: float, train_alpha: float,
+                      train_steps: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """Post-train ``len(keys)`` copies of ``model`` at once (Algorithm 2), copy ``b`` on the
+    classes ``y1[b]``/``y2[b]`` with its own draws (keyed by ``keys[b]``) and its own SGD
+    momentum. Returns the stacked parameters {name: (B, ...)}; ``model`` is not modified."""
+    fn = _Functional(model)
+    B = len(keys)
+    params = {name: p.detach().unsqueeze(0).expand(B, *p.shape).clone()
+              for name, p in model.named_parameters()}
+    bufs = {name: torch.zeros_like(p) for name, p in params.items()}
+    for it in range(iterations):
+        k_it = combine(keys, it)
+        if composition == "random":  # 2·per_class images of the whole pool (with replacement)
+            u = keyed_uniform(combine(k_it, _T_FIRST), (2 * per_class,)).to(y1.device)
+            idx = (u * len(pool.labels)).long().clamp_max(len(pool.labels) - 1)
+        else:
+            second = y2
+            if composition == "random_class":
+                u = keyed_uniform(combine(k_it, _T_CLASS), ()).to(y1.device)
+                second = (y1 + 1 + (u * (num_classes - 1)).long().clamp_max(num_classes - 2)
+                          ) % num_classes
+            idx = torch.cat([_draw_from_class(pool, combine(k_it, _T_FIRST), y1, per_class),
+                             _draw_from_class(pool, combine(k_it, _T_SECOND), second,
+                                              per_class)], dim=1)
+        data = pool.images[idx]                              # (B, M, C, H, W)
+        labels = pool.labels[idx]                            # (B, M)
+        if method == "fixed":
+            data = data + delta[:, None]
+        elif method in ("fast", "pgd"):
+            u = keyed_uniform(combine(k_it, _T_START), tuple(data.shape[1:])).to(data.device)
+            d = (2 * u - 1) * train_eps
+            d = (data + d).clamp(0, 1) - data
+            steps, alpha = (1, train_alpha) if method == "fast" else \
+                (train_steps, 2.5 * train_eps / train_steps)
+            for _ in range(steps):
+                g = fn.input_grads(params, data + d, labels)
+                d = (d + alpha * g.sign()).clamp(-train_eps, train_eps)
+                d = (data + d).clamp(0, 1) - data
+            data = (data + d).detach()
+        grads = fn.param_grads(params, data, labels)
+        for name, g in grads.items():
+            buf = g.clone() if it == 0 else momentum * bufs[name] + g
+            bufs[name] = buf
+            step = g + momentum * buf if nesterov else buf
+            params[name] = params[name] - lr * step
+    return params
+
+
+@DEFENSES.register("post_train", kind="defense",
+                   paper="Yan & Ng, Adaptive Modeling Against Adversarial Attacks (POST)")
+class PostTrain(Defense):
+    """Per-input post-training at inference (see the module docstring).
+
+    Args (keyword-only): ``data`` (a pool spec, an :class:`~advguard.data.ImageDataset` of
+    training images, or ``(images, labels)``), ``eps`` (8/255: the neighbour search's ball),
+    ``neighbour_alpha`` (10/255), ``neighbour_steps`` (20), ``neighbour`` ("untargeted" |
+    "targeted"), ``method`` ("fast" | "pgd" | "fixed" | "normal"), ``composition``
+    ("neighbour" | "random_class" | "random"), ``iterations`` (50), ``per_class`` (128: M/2,
+    the base model's batch size), ``lr`` (1e-3), ``momentum`` (0.9), ``nesterov`` (True),
+    ``train_eps`` (None: ``eps``), ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps``
+    (10, for "pgd"), ``chunk`` (8 inputs post-trained at once), ``seed``.
+    """
+
+    def __init__(self, model: nn.Module, *,
+                 data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+                 eps: float = 8 / 255, neighbour_alpha: float = 10 / 255,
+                 neighbour_steps: int = 20, neighbour: NeighbourSearch = "untargeted",
+                 method: Method = "fast", composition: Composition = "neighbour",
+                 iterations: int = 50, per_class: int = 128, lr: float = 1e-3,
+                 momentum: float = 0.9, nesterov: bool = True, train_eps: float | None = None,
+                 train_alpha: float | None = None, train_steps: int = 10, chunk: int = 8,
+                 seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        for name, value, low in (("neighbour_steps", neighbour_steps, 1),
+                                 ("iterations", iterations, 0), ("per_class", per_class, 1),
+                                 ("train_steps", train_steps, 1), ("chunk", chunk, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        for name, fvalue in (("eps", eps), ("neighbour_alpha", neighbour_alpha), ("lr", lr)):
+            if not float(fvalue) > 0:
+                raise ConfigError(f"{name} must be > 0, got {fvalue}")
+        if not 0 <= float(momentum) < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        self.model = model
+        self.eps, self.neighbour_alpha = float(eps), float(neighbour_alpha)
+        self.neighbour_steps, self.neighbour = neighbour_steps, neighbour
+        self.method, self.composition = method, composition
+        self.iterations, self.per_class = iterations, per_class
+        self.lr, self.momentum, self.nesterov = float(lr), float(momentum), bool(nesterov)
+        self.train_eps = float(train_eps) if train_eps is not None else self.eps
+        self.train_alpha = float(train_alpha) if train_alpha is not None \
+            else self.neighbour_alpha
+        self.train_steps, self.chunk = train_steps, chunk
+        images, labels, self.num_classes = _pool_tensors(data, model)
+        self.pool = _Pool(images, labels)
+        self.traits = Traits(randomized=True, differentiable=False, dynamic=True)
+        self.reseed(seed)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.model
+
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        keys = row_keys(x, "post_train", self)
+        if keys is None:  # outside the harness: one key per row from the defense's generator
+            g = self.generator(x.device)
+            keys = torch.randint(-(2 ** 62), 2 ** 62, (x.shape[0],), generator=g,
+                                 device=g.device, dtype=torch.int64)
+        return keys.to(x.device)
+
+    def adapt(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                              dict[str, torch.Tensor]]:
+        """The neighbour search and the post-training of every input of ``x``: returns ``y1``,
+        ``y2``, the mask of inputs that were post-trained (``y2 != y1``) and their stacked
+        parameters (rows in the order of the mask's True entries)."""
+        keys = self._keys(x)
+        xd = x.detach()
+        with eval_mode(self.model), torch.no_grad():
+            y1 = self.model(xd).argmax(1)
+            y2, delta = find_neighbours(self.model, xd, y1, eps=self.eps,
+                                        alpha=self.neighbour_alpha, steps=self.neighbour_steps,
+                                        search=self.neighbour, num_classes=self.num_classes)
+            active = (y2 != y1) if self.composition == "neighbour" else \
+                torch.ones_like(y1, dtype=torch.bool)
+            pool = self.pool.to(x.device)
+            idx = active.nonzero().flatten()
+            parts: list[dict[str, torch.Tensor]] = []
+            for i in range(0, len(idx), self.chunk):
+                rows = idx[i:i + self.chunk]
+                with torch.enable_grad():
+                    parts.append(post_train_params(
+                        self.model, pool, keys[rows], y1[rows], y2[rows], delta[rows],
+                        method=self.method, composition=self.composition,
+                        iterations=self.iterations, per_class=self.per_class, lr=self.lr,
+                        momentum=self.momentum, nesterov=self.nesterov,
+                        train_eps=self.train_eps, train_alpha=self.train_alpha,
+                        train_steps=self.train_steps, num_classes=self.num_classes))
+        params = {name: torch.cat([p[name] for p in parts]) if parts else
+                  p0.detach().unsqueeze(0)[:0] for name, p0 in self.model.named_parameters()}
+        return y1, y2, active, {k: v.detach() for k, v in params.items()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, active, params = self.adapt(x)
+        with eval_mode(self.model):
+            out = self.model(x)
+            if active.any():
+                fn = _Functional(self.model)
+                adapted = fn.batched_logits(params, x[active][:, None])[:, 0]
+                out = out.clone()
+                out[active] = adapted.to(out.dtype)
+        return out
+
+    def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass: differentiable in ``x`` through the post-trained copies with their
+        parameters held fixed."""
+        return self.forward(x)
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method!r}, neighbour={self.neighbour!r}, "
+                f"composition={self.composition!r}, iterations={self.iterations}, "
+                f"per_class={self.per_class}, eps={self.eps:.4g}")
+
+
+def _pool_tensors(data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+                  model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The training images a spec names (never the test split), checked against ``model``:
+    the same channels and size, and images of every class the model predicts. Returns
+    ``(images, labels, number of classes)``."""
+    from advguard.defenses.mixup_inference import load_pool
+    from advguard.defenses.resources import InputFacts, input_facts
+
+    if isinstance(data, Mapping):
+        data = load_pool(data, role="post-training data")
+    if isinstance(data, ImageDataset):
+        if data.split == "test":
+            raise ConfigError("post-training data must not come from the test split")
+        images, labels = data.images, data.labels
+    else:
+        images, labels = data
+    if images.dim() != 4 or labels.shape != (images.shape[0],) or len(labels) == 0:
+        raise ConfigError("post-training data must be images (P, C, H, W) with labels (P,)")
+    model_facts = input_facts(model)
+    facts = InputFacts(channels=int(images.shape[1]),
+                       size=int(images.shape[2]) if images.shape[2] == images.shape[3] else None)
+    bad = facts.mismatches(model_facts)
+    k = model_facts.num_classes or int(labels.max()) + 1
+    present = torch.bincount(labels.long(), minlength=k)
+    if len(present) > k:
+        bad.append(f"labels up to {len(present) - 1} vs num_classes {k}")
+    elif not bool((present > 0).all()):
+        missing = (present == 0).nonzero().flatten().tolist()
+        bad.append(f"no images of class(es) {missing}")
+    if bad:
+        raise ConfigError(f"post-training data does not fit the model it defends: "
+                          f"{'; '.join(bad)} (data vs model)")
+    return images, labels, k
