@@ -64,6 +64,7 @@ CASES: list[tuple[str, Callable[[float, str], Attack]]] = [
     ("pgd-cw", lambda eps, norm: PGD(eps=eps, norm=norm, steps=10, loss="cw")),
     ("pgd-dlr", lambda eps, norm: PGD(eps=eps, norm=norm, steps=10, loss="dlr")),
     ("pgd-restarts", lambda eps, norm: PGD(eps=eps, norm=norm, steps=5, restarts=3)),
+    ("pgd-early-stop", lambda eps, norm: PGD(eps=eps, norm=norm, steps=10, early_stop=True)),
     ("pgd-no-random-start", lambda eps, norm: PGD(eps=eps, norm=norm, steps=10,
                                                   random_start=False)),
     ("transfer", lambda eps, norm: transfer(_other_model(), PGD(eps=eps, norm=norm, steps=10))),
@@ -321,3 +322,22 @@ def test_a_result_outside_the_ball_is_a_bug_not_a_number(fmnist_model: nn.Module
     broken = dataclasses.dataclass(frozen=True, kw_only=True)(_Escaping)(eps=0.05)
     with pytest.raises(AttackVerificationError, match="left its linf ε-ball"):
         broken(fmnist_model, fmnist_batch[0][:4], fmnist_batch[1][:4])
+
+
+def test_early_stopped_pgd_stops_each_example_at_its_first_misclassified_iterate(
+        fmnist_model: nn.Module, fmnist_batch: Batch) -> None:
+    """The POST reference protocol: an example stops moving once misclassified, so it ends
+    right across the boundary; without early stop it keeps climbing the loss."""
+    x, y = fmnist_batch[0][:64], fmnist_batch[1][:64]
+    early = PGD(eps=0.1, alpha=0.01, steps=30, early_stop=True, random_start=False)
+    full = PGD(eps=0.1, alpha=0.01, steps=30, random_start=False)
+    gen = torch.Generator()
+    a = early.perturb(fmnist_model, x, y, target=None, generator=gen)
+    b = full.perturb(fmnist_model, x, y, target=None, generator=gen)
+    with torch.no_grad():
+        fooled = fmnist_model(a).argmax(1) != y
+        loss_a = torch.nn.functional.cross_entropy(fmnist_model(a), y, reduction="none")
+        loss_b = torch.nn.functional.cross_entropy(fmnist_model(b), y, reduction="none")
+    assert fooled.any() and torch.equal(fooled, fmnist_model(b).argmax(1) != y)
+    assert (loss_a[fooled] < loss_b[fooled]).float().mean() > 0.9  # near the boundary
+    assert torch.equal(a[~fooled], b[~fooled])  # never fooled: the same 30 steps

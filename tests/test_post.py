@@ -53,24 +53,36 @@ def _x(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                   steps: int, target: torch.Tensor | None = None) -> torch.Tensor:
-    adv = x.clone()
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        logits = model(adv)
-        loss = F.cross_entropy(logits, y if target is None else target, reduction="sum")
-        (g,) = torch.autograd.grad(loss, adv)
-        step = alpha * g.sign() * (1 if target is None else -1)
-        adv = torch.min(torch.max(adv.detach() + step, x - eps), x + eps).clamp(0, 1)
-    return adv
+                   steps: int, target: torch.Tensor | None = None,
+                   early_stop: bool = False) -> torch.Tensor:
+    """Algorithm 1 written out, one example at a time; ``early_stop``: stop once it has left
+    ``y`` (reached ``target``), as the reference code."""
+    out = []
+    for i in range(x.shape[0]):
+        xi, adv = x[i:i + 1], x[i:i + 1].clone()
+        yi = y[i:i + 1] if target is None else target[i:i + 1]
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            logits = model(adv)
+            pred = int(logits.argmax(1))
+            if early_stop and ((target is None and pred != int(yi)) or
+                               (target is not None and pred == int(yi))):
+                break
+            (g,) = torch.autograd.grad(F.cross_entropy(logits, yi), adv)
+            step = alpha * g.sign() * (1 if target is None else -1)
+            adv = torch.min(torch.max(adv.detach() + step, xi - eps), xi + eps).clamp(0, 1)
+        out.append(adv.detach())
+    return torch.cat(out)
 
 
-def test_untargeted_neighbour_search_is_algorithm_1() -> None:
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_untargeted_neighbour_search_is_algorithm_1(early_stop: bool) -> None:
     model, (x, _) = _net(), _x(8)
     with torch.no_grad():
         y1 = model(x).argmax(1)
-    y2, delta = find_neighbours(model, x, y1, eps=0.1, alpha=0.125, steps=5)
-    adv = _reference_pgd(model, x, y1, 0.1, 0.125, 5)
+    y2, delta = find_neighbours(model, x, y1, eps=0.1, alpha=0.02, steps=8,
+                                early_stop=early_stop)
+    adv = _reference_pgd(model, x, y1, 0.1, 0.02, 8, early_stop=early_stop)
     assert torch.allclose(delta, adv - x, atol=1e-6)
     assert torch.equal(y2, model(adv).argmax(1))
     assert delta.abs().max() <= 0.1 + 1e-6 and (x + delta).min() >= 0
@@ -81,7 +93,7 @@ def test_targeted_neighbour_search_keeps_the_most_confident_target() -> None:
     with torch.no_grad():
         y1 = model(x).argmax(1)
     y2, delta = find_neighbours(model, x, y1, eps=0.1, alpha=0.05, steps=3, search="targeted",
-                                num_classes=CLASSES)
+                                num_classes=CLASSES, early_stop=False)
     for i in range(3):
         best, best_loss = None, float("inf")
         for t in range(CLASSES):

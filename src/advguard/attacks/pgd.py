@@ -50,7 +50,10 @@ class PGD(Attack):
 
     Args: ``eps``; ``norm`` ("linf" | "l2"); ``steps`` (10); ``alpha`` step size (default
     ``2.5·eps/steps``); ``random_start`` (True: uniform in the ball); ``restarts`` (1);
-    ``loss`` ("ce" | "cw" | "dlr"). Targeted (towards labels, ``"least_likely"`` or
+    ``loss`` ("ce" | "cw" | "dlr"); ``early_stop`` (False: every example runs every step; True:
+    an example stops moving as soon as the model misclassifies it — hits the target, when
+    targeted — as in the POST and Fast-FGSM reference code: near-boundary examples, a weaker
+    attack on defenses that move the boundary). Targeted (towards labels, ``"least_likely"`` or
     ``"random"``) when called with ``target=``.
 
     Example::
@@ -65,6 +68,7 @@ class PGD(Attack):
     random_start: bool = True
     restarts: int = 1
     loss: str = "ce"
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,8 +94,17 @@ class PGD(Attack):
         threat, loss = self.threat, get_loss(self.loss)
         adv = threat.project(self.initial(model, x, generator), x)
         for _ in range(self.steps):
+            live = None
+            if self.early_stop:
+                with torch.no_grad():
+                    pred = model(adv).argmax(1)
+                live = pred == y if target is None else pred != target
+                if not bool(live.any()):
+                    break
             _, grad = input_gradient(model, adv, y, target, loss)
-            adv = threat.project(ascent_step(adv, grad, self.norm, self.step_size), x)
+            moved = threat.project(ascent_step(adv, grad, self.norm, self.step_size), x)
+            adv = moved if live is None else torch.where(
+                live.view(-1, *([1] * (x.dim() - 1))), moved, adv)
         return adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

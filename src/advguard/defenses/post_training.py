@@ -6,8 +6,10 @@ reference code ``JokerYan/post_training``). For each input ``x′``:
 1. ``y′ = f(x′)``, the **original class**;
 2. the **neighbour class** ``y″ = f(x″)``: ``x″`` is an untargeted PGD from ``x′`` away from
    ``y′`` (Algorithm 1: ``neighbour_steps`` = 20 sign-gradient steps of ``neighbour_alpha``, no
-   random start, within the L∞ ball ``eps`` and [0, 1]) — or (``neighbour="targeted"``, Table 4)
-   the most confident of targeted PGDs towards every other class (the lowest target loss);
+   random start, within the L∞ ball ``eps`` and [0, 1]; each input stops as soon as it leaves
+   ``y′`` — ``neighbour_early_stop``, as the reference code's PGD does — so that ``x″`` is the
+   first point across the nearest boundary) — or (``neighbour="targeted"``, Table 4) the most
+   confident of targeted PGDs towards every other class (the lowest target loss);
 3. if ``y″ = y′`` the base model's prediction stands; otherwise a copy of the model is
    post-trained for ``iterations`` (K = 50) SGD steps (``lr`` 1e-3, momentum 0.9, Nesterov), each
    on ``per_class`` (M/2) training images of class ``y′`` and ``per_class`` of class ``y″``
@@ -82,14 +84,17 @@ _T_FIRST, _T_SECOND, _T_CLASS, _T_START = 11, 12, 13, 14
 
 def find_neighbours(model: nn.Module, x: torch.Tensor, y1: torch.Tensor, *, eps: float,
                     alpha: float, steps: int, search: NeighbourSearch = "untargeted",
-                    num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    num_classes: int | None = None, early_stop: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The neighbour class ``y″`` of each input and ``x″ − x′`` (Algorithm 1): untargeted PGD
     away from ``y1`` (no random start), or the most confident of the targeted PGDs towards every
-    class but ``y1``. Returns ``(y2, delta)``, detached; ``model`` is used as it is (eval mode
-    expected) and its parameters are never touched."""
+    class but ``y1``. ``early_stop``: an input stops moving once it leaves ``y1`` (reaches its
+    target), as the reference code's PGD does; False runs all ``steps`` as Algorithm 1 reads.
+    Returns ``(y2, delta)``, detached; ``model`` is used as it is (eval mode expected) and its
+    parameters are never touched."""
     from advguard.attacks.pgd import PGD
 
-    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=False)
+    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=False, early_stop=early_stop)
     gen = torch.Generator(device=x.device)  # unused: no random start
     x = x.detach()
     if search == "untargeted":
@@ -233,7 +238,7 @@ class PostTrain(Defense):
     Args (keyword-only): ``data`` (a pool spec, an :class:`~advguard.data.ImageDataset` of
     training images, or ``(images, labels)``), ``eps`` (8/255: the neighbour search's ball),
     ``neighbour_alpha`` (10/255), ``neighbour_steps`` (20), ``neighbour`` ("untargeted" |
-    "targeted"), ``method`` ("fast" | "pgd" | "fixed" | "normal"), ``composition``
+    "targeted"), ``neighbour_early_stop`` (True, the reference code), ``method`` ("fast" | "pgd" | "fixed" | "normal"), ``composition``
     ("neighbour" | "random_class" | "random"), ``iterations`` (50), ``per_class`` (128: M/2,
     the base model's batch size), ``lr`` (1e-3), ``momentum`` (0.9), ``nesterov`` (True),
     ``train_eps`` (None: ``eps``), ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps``
@@ -244,6 +249,7 @@ class PostTrain(Defense):
                  data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
                  eps: float = 8 / 255, neighbour_alpha: float = 10 / 255,
                  neighbour_steps: int = 20, neighbour: NeighbourSearch = "untargeted",
+                 neighbour_early_stop: bool = True,
                  method: Method = "fast", composition: Composition = "neighbour",
                  iterations: int = 50, per_class: int = 128, lr: float = 1e-3,
                  momentum: float = 0.9, nesterov: bool = True, train_eps: float | None = None,
@@ -263,6 +269,7 @@ class PostTrain(Defense):
         self.model = model
         self.eps, self.neighbour_alpha = float(eps), float(neighbour_alpha)
         self.neighbour_steps, self.neighbour = neighbour_steps, neighbour
+        self.neighbour_early_stop = bool(neighbour_early_stop)
         self.method, self.composition = method, composition
         self.iterations, self.per_class = iterations, per_class
         self.lr, self.momentum, self.nesterov = float(lr), float(momentum), bool(nesterov)
@@ -298,7 +305,8 @@ class PostTrain(Defense):
             y1 = self.model(xd).argmax(1)
             y2, delta = find_neighbours(self.model, xd, y1, eps=self.eps,
                                         alpha=self.neighbour_alpha, steps=self.neighbour_steps,
-                                        search=self.neighbour, num_classes=self.num_classes)
+                                        search=self.neighbour, num_classes=self.num_classes,
+                                        early_stop=self.neighbour_early_stop)
             active = (y2 != y1) if self.composition == "neighbour" else \
                 torch.ones_like(y1, dtype=torch.bool)
             pool = self.pool.to(x.device)
