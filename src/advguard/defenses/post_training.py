@@ -240,9 +240,10 @@ class PostTrain(Defense):
     ``neighbour_alpha`` (10/255), ``neighbour_steps`` (20), ``neighbour`` ("untargeted" |
     "targeted"), ``neighbour_early_stop`` (True, the reference code), ``method`` ("fast" |
     "pgd" | "fixed" | "normal"), ``composition`` ("neighbour" | "random_class" | "random"),
-    ``iterations`` (50), ``per_class`` (128: M/2, the base model's batch size), ``lr`` (1e-3),
-    ``momentum`` (0.9), ``nesterov`` (True), ``train_eps`` (None: ``eps``), ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps``
-    (10, for "pgd"), ``chunk`` (8 inputs post-trained at once), ``seed``.
+    ``iterations`` (50), ``per_class`` (128: M/2, the base model's batch size), ``lr``
+    (1e-3), ``momentum`` (0.9), ``nesterov`` (True), ``train_eps`` (None: ``eps``),
+    ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps`` (10, for "pgd"), ``chunk``
+    (8 inputs post-trained at once), ``seed``.
     """
 
     def __init__(self, model: nn.Module, *,
