@@ -78,7 +78,7 @@ CASES: list[tuple[str, Callable[[float, str], Attack]]] = [
 ]
 NORM_EPS = [("linf", 0.1), ("l2", 1.5)]
 #: attacks that need a particular defense around the model, tested with it elsewhere
-ELSEWHERE = {"pgd_expected_start": "tests/test_advt.py"}
+ELSEWHERE = {"pgd_expected_start": "tests/test_advt.py", "adapt_then_attack": "tests/test_post.py"}
 
 
 def test_every_advguard_attack_is_in_the_table() -> None:
@@ -261,6 +261,10 @@ def test_losses_on_known_logits() -> None:
     # targeted: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
     assert dlr(logits, y, t).tolist() == pytest.approx([-(3 - 0) / (3 - (0 - 1) / 2),
                                                         -(2 - 1) / (5 - (1 + 0) / 2)])
+    margin2 = get_loss("margin2")  # second-highest other logit minus the true one
+    assert margin2(logits, y, None).tolist() == pytest.approx([0 - 3, 1 - 2])
+    with pytest.raises(ConfigError, match="untargeted"):
+        margin2(logits, y, t)
     ce = get_loss("ce")
     assert ce(logits, y, None)[0].item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits[:1], y[:1]).item())

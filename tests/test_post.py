@@ -252,3 +252,33 @@ def test_post_training_data_is_training_data_that_fits_the_model() -> None:
         build_defense({"name": "post_train", "data": {"n": 10}}, model)
     with pytest.raises(ConfigError, match="iterations must be an int >= 0"):
         _defense(model, iterations=-1)
+
+
+def test_adapt_then_attack_re_adapts_every_round_and_stays_in_the_ball(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from advguard.attacks import AdaptThenAttack
+    from advguard.attacks.wrappers import BPDA
+
+    model, (x, y) = _net(), _x(8)
+    d = _defense(model)
+    calls: list[torch.Tensor] = []
+    original = PostTrain.adapt
+
+    def spy(self: PostTrain, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(z.clone())
+        return original(self, z)
+
+    monkeypatch.setattr(PostTrain, "adapt", spy)
+    attack = AdaptThenAttack(eps=0.1, rounds=3, steps=4, loss="margin2")
+    result = attack(BPDA(d), x, y, generator=torch.Generator().manual_seed(0))
+    adapt_calls = len(calls)
+    assert adapt_calls >= 3  # each round adapts to the current candidate (+ the result checks)
+    assert not torch.equal(calls[0], calls[1])  # ... which moved in between
+    assert (result.adv - x).abs().max() <= 0.1 + 1e-6
+    assert result.adv.min() >= 0 and result.adv.max() <= 1
+    with torch.no_grad():
+        clean = (d(x).argmax(1) == y).float().mean()
+        robust = (d(result.adv).argmax(1) == y).float().mean()
+    assert robust <= clean
+    with pytest.raises(ConfigError, match="needs a test-time-adapted defense"):
+        AdaptThenAttack(eps=0.1, rounds=1, steps=1)(model, x, y)

@@ -327,8 +327,11 @@ class PostTrain(Defense):
                   p0.detach().unsqueeze(0)[:0] for name, p0 in self.model.named_parameters()}
         return y1, y2, active, {k: v.detach() for k, v in params.items()}
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, active, params = self.adapt(x)
+    def classify(self, x: torch.Tensor, active: torch.Tensor,
+                 params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of ``x`` by the post-trained copies (rows where ``active``, in order, with the
+        stacked ``params`` of :meth:`adapt`) and by the base model elsewhere; differentiable in
+        ``x`` with the parameters held fixed."""
         with eval_mode(self.model):
             out = self.model(x)
             if active.any():
@@ -337,6 +340,10 @@ class PostTrain(Defense):
                 out = out.clone()
                 out[active] = adapted.to(out.dtype)
         return out
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, active, params = self.adapt(x)
+        return self.classify(x, active, params)
 
     def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass: differentiable in ``x`` through the post-trained copies with their
