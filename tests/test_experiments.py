@@ -127,6 +127,13 @@ def test_every_shipped_experiment_loads_and_its_paper_numbers_name_cells(name: s
     assert cells and len(set(cells)) == len(cells)  # cell names are unique: --only can pick one
     assert spec.paper_keys() == {}, "paper numbers that name no cell of their table"
     assert spec.command.endswith(spec.path_name())  # the written command runs this very file
+    if isinstance(spec, GridExperiment):  # every step's attack builds from its parameters
+        from advguard.attacks import make_attack
+
+        for cell in spec.expand():
+            for step in cell.config.steps:
+                make_attack(step.attack, eps=cell.config.eps, norm=cell.config.norm,
+                            **step.params)
 
 
 def test_paper_keys_flag_numbers_for_missing_cells(tmp_path: Path) -> None:
