@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{int((r['preds'][key] == r['preds']['loop']).sum())}/{r['n']}"
         lines.append(f"| {key} | {value:.3f} | {med['loop'] / value:.2f}× | "
                      f"{value / ideal:.2f} | {same} |")
+    lines += ["", "`PostTrain`'s default (`vectorize=None`) runs the B=1 path on a CPU and the "
+              "vectorized one on accelerators: on this CPU the per-sample-weight convolutions "
+              "that vmap produces ran slower than one input at a time."]
     lines += ["", f"## Table 5 analogue: inference time per image ({r['n']} images, chunk "
               f"{max(args.sizes)})", "",
               "Paper (CIFAR-10 PreAct ResNet-18, Quadro RTX 6000, batch 1, 50 iterations × 2 × "

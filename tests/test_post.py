@@ -191,7 +191,7 @@ def test_batched_post_training_gives_the_per_input_loops_predictions() -> None:
     model, (x, _) = _net(), _x(10)
     out = {}
     for chunk in (8, 1):
-        d = _defense(model, chunk=chunk)
+        d = _defense(model, chunk=chunk, vectorize=True)
         with example_draws(x, list(range(10)), seed=4, modules=d):
             out[chunk] = d(x)
         with example_draws(x, list(range(10)), seed=4, modules=d):  # the rows in another order
@@ -200,6 +200,10 @@ def test_batched_post_training_gives_the_per_input_loops_predictions() -> None:
     assert torch.allclose(out[8], out[1], atol=1e-4)
     assert torch.equal(out[8].argmax(1), out[1].argmax(1))
     assert torch.allclose(out["perm8"], out[8], atol=1e-4)
+    d = _defense(model, chunk=8)  # the default on CPU: one input at a time, the same draws
+    assert not d.vectorized(torch.device("cpu")) and d.vectorized(torch.device("cuda"))
+    with example_draws(x, list(range(10)), seed=4, modules=d):
+        assert torch.allclose(d(x), out[8], atol=1e-4)
 
 
 def test_the_callers_model_and_batchnorm_statistics_are_never_touched() -> None:

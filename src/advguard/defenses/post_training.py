@@ -32,7 +32,9 @@ as MI-OL's (``{"dataset": "fashion-mnist", "root": ...}``; ``split`` "train" or 
 "test"), checked against the model (classes, channels, size) when the defense is built.
 
 **Batched post-training.** The reference code deep-copies the model per input (batch size 1).
-Here ``chunk`` inputs are post-trained at once as independent parameter sets — the parameters
+Here ``chunk`` inputs are post-trained at once (``vectorize``; by default on accelerators only:
+on a CPU the vectorized per-sample-weight convolutions ran slower than a loop) as independent
+parameter sets — the parameters
 stacked along a leading dimension and the model run with :func:`torch.func.functional_call`
 under :func:`torch.func.vmap` — each with its own SGD momentum, its own y′/y″ batches and its own
 early exit (inputs with ``y″ = y′`` are not trained). Every random draw of an input (its training
@@ -165,18 +167,30 @@ class _Functional:
 
     def batched_logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits (B, M, K) of inputs x (B, M, C, H, W), row b through parameter set b."""
+        if x.shape[0] == 1:  # one parameter set: no vmap (its per-sample convolutions cost)
+            return self.logits(_row(params), x[0])[None]
         out: torch.Tensor = vmap(self.logits)(params, x)
         return out
 
     def param_grads(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[0] == 1:
+            one: dict[str, torch.Tensor] = grad(self.loss)(_row(params), x[0], y[0])
+            return {k: v[None] for k, v in one.items()}
         out: dict[str, torch.Tensor] = vmap(grad(self.loss))(params, x, y)
         return out
 
     def input_grads(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            g: torch.Tensor = grad(self.loss, argnums=1)(_row(params), x[0], y[0])
+            return g[None]
         out: torch.Tensor = vmap(grad(self.loss, argnums=1))(params, x, y)
         return out
+
+
+def _row(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v[0] for k, v in params.items()}
 
 
 def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: torch.Tensor,
@@ -243,7 +257,8 @@ class PostTrain(Defense):
     ``iterations`` (50), ``per_class`` (128: M/2, the base model's batch size), ``lr``
     (1e-3), ``momentum`` (0.9), ``nesterov`` (True), ``train_eps`` (None: ``eps``),
     ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps`` (10, for "pgd"), ``chunk``
-    (8 inputs post-trained at once), ``seed``.
+    (8 inputs post-trained at once), ``vectorize`` (None: vectorized over the chunk on
+    accelerators, one input at a time on CPU — the same draws and results either way), ``seed``.
     """
 
     def __init__(self, model: nn.Module, *,
@@ -255,7 +270,7 @@ class PostTrain(Defense):
                  iterations: int = 50, per_class: int = 128, lr: float = 1e-3,
                  momentum: float = 0.9, nesterov: bool = True, train_eps: float | None = None,
                  train_alpha: float | None = None, train_steps: int = 10, chunk: int = 8,
-                 seed: int = 0) -> None:
+                 vectorize: bool | None = None, seed: int = 0) -> None:
         super().__init__(seed=seed)
         for name, value, low in (("neighbour_steps", neighbour_steps, 1),
                                  ("iterations", iterations, 0), ("per_class", per_class, 1),
@@ -278,6 +293,7 @@ class PostTrain(Defense):
         self.train_alpha = float(train_alpha) if train_alpha is not None \
             else self.neighbour_alpha
         self.train_steps, self.chunk = train_steps, chunk
+        self.vectorize = vectorize
         images, labels, self.num_classes = _pool_tensors(data, model)
         self.pool = _Pool(images, labels)
         self.traits = Traits(randomized=True, differentiable=False, dynamic=True)
@@ -286,6 +302,12 @@ class PostTrain(Defense):
     @property
     def base_model(self) -> nn.Module:
         return self.model
+
+    def vectorized(self, device: torch.device) -> bool:
+        """Whether ``chunk`` inputs are post-trained in one vectorized pass (``vectorize``; None:
+        on accelerators only — on a CPU the per-sample-weight convolutions vmap produces ran
+        slower than one input at a time, benchmarks/results/post_batched.md)."""
+        return self.vectorize if self.vectorize is not None else device.type != "cpu"
 
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
         keys = row_keys(x, "post_train", self)
@@ -313,8 +335,9 @@ class PostTrain(Defense):
             pool = self.pool.to(x.device)
             idx = active.nonzero().flatten()
             parts: list[dict[str, torch.Tensor]] = []
-            for i in range(0, len(idx), self.chunk):
-                rows = idx[i:i + self.chunk]
+            step = self.chunk if self.vectorized(x.device) else 1
+            for i in range(0, len(idx), step):
+                rows = idx[i:i + step]
                 with torch.enable_grad():
                     parts.append(post_train_params(
                         self.model, pool, keys[rows], y1[rows], y2[rows], delta[rows],
