@@ -252,6 +252,10 @@ def test_post_training_data_is_training_data_that_fits_the_model() -> None:
     with pytest.raises(ConfigError, match=r"no images of class\(es\) \[9\]"):
         PostTrain(create_model("lenet5", num_classes=10, in_channels=1),
                   data=(images[labels != 9], labels[labels != 9]))
+    with pytest.raises(ConfigError, match="defense 'post_train' needs 'data'"):
+        build_defense({"name": "post_train"}, model)
+    with pytest.raises(ConfigError, match="no-such-data"):
+        build_defense({"name": "post_train", "data": {"dataset": "no-such-data"}}, model)
     with pytest.raises(ConfigError, match="needs a 'dataset'"):
         build_defense({"name": "post_train", "data": {"n": 10}}, model)
     with pytest.raises(ConfigError, match="iterations must be an int >= 0"):

@@ -299,6 +299,14 @@ class PostTrain(Defense):
         self.traits = Traits(randomized=True, differentiable=False, dynamic=True)
         self.reseed(seed)
 
+    @classmethod
+    def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> PostTrain:
+        """Build from a spec; ``data`` (the training pool) is required."""
+        if "data" not in params:
+            raise ConfigError("defense 'post_train' needs 'data': the training images it "
+                              "post-trains on, e.g. {dataset: fashion-mnist}")
+        return cls(model, **params)
+
     @property
     def base_model(self) -> nn.Module:
         return self.model
