@@ -14,16 +14,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _common import provenance, write_report
 from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
 from advguard.defenses.adv_transform import AdvTransform, expected_distance
-from advguard.utils import environment_info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,12 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                      time.perf_counter() - started))
         print(f"{label}: f_b clean {100 * acc:.1f}%, ||x - E g(x)||_inf {rows[-1][2]:.3f} "
               f"(sd {rows[-1][3]:.3f}) in {rows[-1][4]:.0f} s", flush=True)
-    env = environment_info(torch.device("cpu"))
     lines = [
         f"# AdvT Table 1, third row at Scale S: ‖x − E g(x)‖∞ (Delta = {args.delta})", "",
-        f"Command: `python {' '.join(['scripts/advt_expected_distance.py', *sys.argv[1:]])}`",
-        f"Machine: {env.get('device_name')}; torch {env.get('torch')}; commit "
-        f"{env.get('git_commit')}.",
+        *provenance(),
         f"E g(x) over {args.samples} random starts per image; first {args.n} test images of "
         f"{args.dataset}; mean (sd) over images. Paper (CIFAR-10, Delta = 0.2, 5,000 samples): "
         "0.005 untrained, 0.033 / 0.036 / 0.067 / 0.130 after 1 / 2 / 5 / 10 epochs, "
@@ -65,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "| f_b | f_b clean % | mean ‖x − E g(x)‖∞ | sd | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {100 * acc:.1f} | {m:.3f} | {sd:.3f} | {t:.0f} |"
               for label, acc, m, sd, t in rows]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    print(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

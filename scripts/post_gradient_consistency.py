@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from _common import provenance, write_report
 from advguard.checkpoint import load_checkpoint
 from advguard.data import load_dataset
 from advguard.defenses import PostTrain
-from advguard.utils import environment_info
 
 
 def true_gradient(defense: PostTrain, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -145,12 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{count + 1}/{len(picked)} images, {time.perf_counter() - started:.0f} s",
               flush=True)
     mean = {k: (100 * sum(v) / len(v) if v else float("nan"), len(v)) for k, v in res.items()}
-    env = environment_info(torch.device("cpu"))
     lines = [
         "# POST Table 6 at Scale S: consistency of gradients on the post-trained model", "",
-        f"Command: `python {' '.join(['scripts/post_gradient_consistency.py', *sys.argv[1:]])}`",
-        f"Machine: {env.get('device_name')}; torch {env.get('torch')}; commit "
-        f"{env.get('git_commit')}; {time.perf_counter() - started:.0f} s.", "",
+        *provenance(f"; {time.perf_counter() - started:.0f} s"), "",
         f"Base model `{args.model}`; post-training fast, {args.iterations} iterations × 2 × "
         f"{args.per_class} images; the first test images the defense post-trains on. "
         "P(sign(g1) ≠ sign(g2)) for two computations through two fresh post-trainings. Paper "
@@ -162,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {mean['zoo base'][0]:.1f} |",
         f"| Opt-attack estimate (over pixels) | {mean['opt'][0]:.1f} | {mean['opt'][1]} | "
         f"{mean['opt base'][0]:.1f} |"]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    print(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

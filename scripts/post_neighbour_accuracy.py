@@ -15,17 +15,16 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _common import provenance, write_report
 from advguard.attacks import PGD
 from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
 from advguard.defenses.post_training import find_neighbours
-from advguard.utils import environment_info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("early stop (reference code)" if early else "no early stop", search,
                          *rate.tolist(), time.perf_counter() - started))
             print(rows[-1], flush=True)
-    env = environment_info(torch.device("cpu"))
     lines = [
         "# POST Table 4 at Scale S: neighbour accuracy", "",
-        f"Command: `python {' '.join(['scripts/post_neighbour_accuracy.py', *sys.argv[1:]])}`",
-        f"Machine: {env.get('device_name')}; torch {env.get('torch')}; commit "
-        f"{env.get('git_commit')}.", "",
+        *provenance(), "",
         f"Base model `{args.model}`; first {args.n} test images of {args.dataset}; x' from "
         f"PGD-{args.attack_steps} (step {args.attack_alpha}, eps {args.eps}, no random start) "
         f"on the base model; neighbour search PGD-{args.neighbour_steps} (step "
@@ -79,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "| no neighbour (y'' = y') % | seconds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {a} | {s} | {p1:.1f} | {p2:.1f} | {p3:.1f} | {p4:.1f} | {t:.0f} |"
               for a, s, p1, p2, p3, p4, t in rows]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    print(text)
-    return 0
+    return write_report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -290,3 +290,15 @@ def test_adapt_then_attack_re_adapts_every_round_and_stays_in_the_ball(
     assert robust <= clean
     with pytest.raises(ConfigError, match="needs a test-time-adapted defense"):
         AdaptThenAttack(eps=0.1, rounds=1, steps=1)(model, x, y)
+
+
+def test_a_class_smaller_than_the_batch_is_cycled_through() -> None:
+    images, labels = _pool(300)
+    small = (labels != 3) | (torch.arange(len(labels)) < 40)  # class 3 keeps only a few images
+    pool = _Pool(images[small], labels[small])
+    n3 = int(pool.count[3])
+    assert 0 < n3 < 8
+    idx = _draw_from_class(pool, torch.tensor([5, 6]), torch.tensor([3, 0]), 8)
+    assert (pool.labels[idx[0]] == 3).all() and (pool.labels[idx[1]] == 0).all()
+    assert len(set(idx[0].tolist())) == n3  # every image of the small class, then again
+    assert len(set(idx[1].tolist())) == 8   # distinct images from the large one

@@ -12,17 +12,16 @@ from torch import nn
 from advguard.attacks.base import ATTACKS, Attack
 from advguard.attacks.losses import get_loss
 from advguard.attacks.pgd import ascent_step, random_start
-from advguard.attacks.wrappers import input_gradient
+from advguard.attacks.wrappers import find_part, input_gradient
 from advguard.errors import ConfigError
 
 
 def adaptive_part(model: nn.Module) -> nn.Module:
     """The test-time-adapted defense inside ``model`` (possibly wrapped by BPDA/EOT): the first
     submodule offering ``adapt(x)`` and ``classify(x, active, params)`` (e.g. POST)."""
-    for module in model.modules():
-        if callable(getattr(module, "adapt", None)) and callable(getattr(module, "classify",
-                                                                          None)):
-            return module
+    part = find_part(model, "adapt", "classify")
+    if part is not None:
+        return part
     raise ConfigError("adapt_then_attack needs a test-time-adapted defense (one offering adapt "
                       "and classify, e.g. post_train); none was found in the model")
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from advguard.attacks.base import ATTACKS
 from advguard.attacks.pgd import PGD
+from advguard.attacks.wrappers import find_part
 from advguard.errors import ConfigError
 
 
@@ -18,12 +19,12 @@ def expected_transform(model: nn.Module, x: torch.Tensor, samples: int,
                        generator: torch.Generator) -> torch.Tensor:
     """``E g(x)`` over ``samples`` draws of the first transformation inside ``model`` (a defense,
     possibly wrapped by BPDA/EOT) that offers ``expected(x, samples, generator=)``."""
-    for module in model.modules():
-        expected = getattr(module, "expected", None)
-        if callable(expected):
-            with torch.no_grad():
-                out: torch.Tensor = expected(x.detach(), samples, generator=generator)
-            return out
+    part = find_part(model, "expected")
+    if part is not None:
+        with torch.no_grad():
+            out: torch.Tensor = part.expected(x.detach(), samples,  # type: ignore[operator]
+                                              generator=generator)
+        return out
     raise ConfigError("pgd_expected_start needs a defense with a randomized transformation that "
                       "offers its expected value (e.g. advt); none was found in the model")
 

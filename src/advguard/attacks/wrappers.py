@@ -61,6 +61,15 @@ class BPDA(nn.Module):
             return fn(x)
 
 
+def find_part(model: nn.Module, *methods: str) -> nn.Module | None:
+    """The first submodule of ``model`` (a defense, possibly wrapped by BPDA/EOT) offering every
+    method in ``methods`` (e.g. a transformation's ``expected``), or None."""
+    for module in model.modules():
+        if all(callable(getattr(module, m, None)) for m in methods):
+            return module
+    return None
+
+
 def _transforms(defense: nn.Module) -> list[nn.Module]:
     fn = getattr(defense, "transforms", None)
     return list(fn()) if callable(fn) else []

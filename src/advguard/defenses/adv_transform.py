@@ -260,6 +260,7 @@ class AdvTransform(Transform):
         return self.apply_start(x, self.start(x, generator))
 
     def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The imitation network ``h(x)`` when one is loaded, else the identity."""
         if self.h is not None:
             out: torch.Tensor = self.h(x)
             return out
@@ -278,7 +279,7 @@ class AdvTransform(Transform):
         if kind in ("softsign", "tanh"):
             smooth: SmoothKind = "softsign" if kind == "softsign" else "tanh"
             return self.apply_start(x, self.start(x, self.generator(x.device)), smooth=smooth)
-        approx = self.h(x) if kind == "learned" and self.h is not None else x
+        approx = self.surrogate(x) if kind == "learned" else x
         with torch.no_grad():
             exact = self.forward(x)
         return approx + (exact - approx).detach()

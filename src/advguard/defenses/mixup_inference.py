@@ -39,7 +39,7 @@ from advguard.defenses.registry import DEFENSES
 from advguard.errors import ConfigError
 from advguard.rng import mean_probs, rand_rows
 
-__all__ = ["MixupInference", "load_pool"]
+__all__ = ["MixupInference", "load_pool", "pool_tensors", "sort_by_class"]
 
 POOL_SPLITS = ("train", "val")
 
@@ -78,6 +78,33 @@ def load_pool(spec: Mapping[str, Any], *, role: str = "MI-OL pool") -> ImageData
                              spec.get("root"))
 
 
+def pool_tensors(pool: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor], *,
+                 role: str = "MI-OL pool") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (P, C, H, W) and labels (P,) of a pool given as a spec (:func:`load_pool`), a
+    dataset (never the test split) or a pair of tensors."""
+    if isinstance(pool, Mapping):
+        pool = load_pool(pool, role=role)
+    if isinstance(pool, ImageDataset):
+        if pool.split == "test":
+            raise ConfigError(f"the {role} must not come from the test split")
+        images, labels = pool.images, pool.labels
+    else:
+        images, labels = pool
+    if images.dim() != 4 or labels.shape != (images.shape[0],) or len(labels) == 0:
+        raise ConfigError(f"the {role} must be images (P, C, H, W) with labels (P,), P >= 1")
+    return images, labels
+
+
+def sort_by_class(images: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images, labels, count, start)``: the images grouped by class (stable order), float;
+    class ``c`` occupies rows ``start[c] : start[c] + count[c]``."""
+    order = labels.argsort(stable=True)
+    labels = labels[order].long()
+    count = torch.bincount(labels)
+    return images[order].float(), labels, count, torch.cumsum(count, 0) - count
+
+
 @DEFENSES.register("mi_ol", kind="defense",
                    paper="Pang, Xu, Zhu, ICLR 2020 (mixup inference, MI-OL)")
 class MixupInference(Defense):
@@ -112,27 +139,15 @@ class MixupInference(Defense):
             raise ValueError(f"lam must be in [0, 1], got {lam}")
         if samples < 1 or chunk < 1:
             raise ValueError("samples and chunk must be >= 1")
-        if isinstance(pool, Mapping):
-            pool = load_pool(pool)
-        if isinstance(pool, ImageDataset):
-            if pool.split == "test":
-                raise ConfigError("the MI-OL pool must not come from the test split")
-            images, labels = pool.images, pool.labels
-        else:
-            images, labels = pool
-        if images.dim() != 4 or labels.shape != (images.shape[0],):
-            raise ValueError("pool images must be (P, C, H, W) with labels (P,)")
-        order = labels.argsort(stable=True)
-        labels = labels[order].long()
-        counts = torch.bincount(labels)
+        images, labels, counts, starts = sort_by_class(*pool_tensors(pool))
         self.model = model
         self.lam = float(lam)
         self.samples = int(samples)
         self.chunk = int(chunk)
-        self.register_buffer("pool_images", images[order].float(), persistent=False)
+        self.register_buffer("pool_images", images, persistent=False)
         self.register_buffer("pool_labels", labels, persistent=False)
         self.register_buffer("class_count", counts, persistent=False)
-        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.register_buffer("class_start", starts, persistent=False)
         self.reseed(seed)
 
     def draw_partners(self, pred: torch.Tensor, num_classes: int, k: int,

@@ -121,11 +121,10 @@ class _Pool:
     """Training images sorted by class: ``images`` (P, C, H, W), ``start``/``count`` per class."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        order = labels.argsort(stable=True)
-        self.labels = labels[order].long()
-        self.images = images[order].float()
-        self.count = torch.bincount(self.labels)
-        self.start = torch.cumsum(self.count, 0) - self.count
+        from advguard.defenses.mixup_inference import sort_by_class
+
+        self.images, self.labels, self.count, self.start = sort_by_class(images, labels)
+        self.width = int(self.count.max())  # the largest class: one host read, not per draw
 
     def to(self, device: torch.device) -> _Pool:
         if self.images.device != device:
@@ -139,14 +138,13 @@ def _draw_from_class(pool: _Pool, keys: torch.Tensor, classes: torch.Tensor, n: 
     """``n`` distinct pool indices of class ``classes[b]`` per row (uniform without
     replacement), from the keyed draws ``keys`` (B,)."""
     counts = pool.count[classes]
-    width = int(counts.max())
-    u = keyed_uniform(keys, (width,)).to(counts.device)
+    width = pool.width
+    u = keyed_uniform(keys, (width,))
     u = u.masked_fill(torch.arange(width, device=u.device)[None, :] >= counts[:, None], 2.0)
-    pos = torch.topk(u, min(n, width), dim=1, largest=False).indices
-    if n > width:  # a class smaller than n: cycle through its images
-        pos = pos.repeat(1, -(-n // width))[:, :n]
-    pos = torch.minimum(pos, counts[:, None] - 1)
-    return pool.start[classes][:, None] + pos
+    ranked = torch.topk(u, min(n, width), dim=1, largest=False).indices  # valid positions first
+    # a class with fewer than n images is cycled through (its ranked positions, repeated)
+    take = torch.arange(n, device=u.device)[None, :] % counts[:, None]
+    return pool.start[classes][:, None] + ranked.gather(1, take)
 
 
 class _Functional:
@@ -205,16 +203,16 @@ def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: tor
     B = len(keys)
     params = {name: p.detach().unsqueeze(0).expand(B, *p.shape).clone()
               for name, p in model.named_parameters()}
-    bufs = {name: torch.zeros_like(p) for name, p in params.items()}
+    bufs: dict[str, torch.Tensor] = {}  # SGD momentum, one buffer per parameter set
     for it in range(iterations):
         k_it = combine(keys, it)
         if composition == "random":  # 2·per_class images of the whole pool (with replacement)
-            u = keyed_uniform(combine(k_it, _T_FIRST), (2 * per_class,)).to(y1.device)
+            u = keyed_uniform(combine(k_it, _T_FIRST), (2 * per_class,))
             idx = (u * len(pool.labels)).long().clamp_max(len(pool.labels) - 1)
         else:
             second = y2
             if composition == "random_class":
-                u = keyed_uniform(combine(k_it, _T_CLASS), ()).to(y1.device)
+                u = keyed_uniform(combine(k_it, _T_CLASS), ())
                 second = (y1 + 1 + (u * (num_classes - 1)).long().clamp_max(num_classes - 2)
                           ) % num_classes
             idx = torch.cat([_draw_from_class(pool, combine(k_it, _T_FIRST), y1, per_class),
@@ -225,7 +223,7 @@ def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: tor
         if method == "fixed":
             data = data + delta[:, None]
         elif method in ("fast", "pgd"):
-            u = keyed_uniform(combine(k_it, _T_START), tuple(data.shape[1:])).to(data.device)
+            u = keyed_uniform(combine(k_it, _T_START), tuple(data.shape[1:]))
             d = (2 * u - 1) * train_eps
             d = (data + d).clamp(0, 1) - data
             steps, alpha = (1, train_alpha) if method == "fast" else \
@@ -237,7 +235,7 @@ def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: tor
             data = (data + d).detach()
         grads = fn.param_grads(params, data, labels)
         for name, g in grads.items():
-            buf = g.clone() if it == 0 else momentum * bufs[name] + g
+            buf = g if it == 0 else momentum * bufs[name] + g
             bufs[name] = buf
             step = g + momentum * buf if nesterov else buf
             params[name] = params[name] - lr * step
@@ -392,19 +390,10 @@ def _pool_tensors(data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, t
     """The training images a spec names (never the test split), checked against ``model``:
     the same channels and size, and images of every class the model predicts. Returns
     ``(images, labels, number of classes)``."""
-    from advguard.defenses.mixup_inference import load_pool
+    from advguard.defenses.mixup_inference import pool_tensors
     from advguard.defenses.resources import InputFacts, input_facts
 
-    if isinstance(data, Mapping):
-        data = load_pool(data, role="post-training data")
-    if isinstance(data, ImageDataset):
-        if data.split == "test":
-            raise ConfigError("post-training data must not come from the test split")
-        images, labels = data.images, data.labels
-    else:
-        images, labels = data
-    if images.dim() != 4 or labels.shape != (images.shape[0],) or len(labels) == 0:
-        raise ConfigError("post-training data must be images (P, C, H, W) with labels (P,)")
+    images, labels = pool_tensors(data, role="post-training data")
     model_facts = input_facts(model)
     facts = InputFacts(channels=int(images.shape[1]),
                        size=int(images.shape[2]) if images.shape[2] == images.shape[3] else None)
