@@ -35,6 +35,14 @@ def _f_b() -> nn.Module:
                              nn.Linear(3 * 13 * 13, CLASSES)).eval()
 
 
+def _purifier(name: str, **kwargs: Any) -> nn.Module:
+    """A tiny untrained purifier (ADD or APE-GAN) standing in for a trained checkpoint."""
+    from advguard.models import create_model
+
+    return create_model(name, num_classes=CLASSES, in_channels=1, input_size=28, seed=3,
+                        **kwargs).eval()
+
+
 #: One small example per registered name: the entry's parameters (a spec without its "name").
 EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -53,6 +61,8 @@ EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
     "post_train": {"data": {"dataset": "fashion-mnist-sample", "n": 100}, "eps": 0.1,
                    "neighbour_alpha": 0.125, "neighbour_steps": 3, "iterations": 2,
                    "per_class": 4},
+    "add": {"purifier": _purifier("add_purifier", width=0.0625)},
+    "ape_gan": {"purifier": _purifier("ape_gan", width=0.125)},
 }
 
 #: Further specs whose traits differ from their entry's example, so that every branch below runs.
@@ -62,6 +72,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                "average": "logits"},
     "averaged[bit_depth]": {"name": "averaged", "n": 2,
                             "defense": {"name": "bit_depth", "bits": 2}},
+    "add[sampled latent]": {"name": "add", "sample": True,
+                            "purifier": _purifier("add_purifier", width=0.0625)},
     "advt[smooth, no start]": {"name": "advt", "f_b": _f_b(), "delta": 0.3, "steps": 3,
                                "random_start": False, "bpda": "tanh"},
 }
@@ -85,6 +97,9 @@ TRAITS: dict[str, Traits] = {
     "averaged": Traits(randomized=True),
     "advt": Traits(randomized=True, differentiable=False, dynamic=True),
     "post_train": Traits(randomized=True, differentiable=False, dynamic=True),
+    "add": Traits(),
+    "ape_gan": Traits(),
+    "add[sampled latent]": Traits(randomized=True),
     "advt[smooth, no start]": Traits(differentiable=False, dynamic=True),
     "cap[all labels]": Traits(dynamic=True),
     "smoothing[soft logits]": Traits(randomized=True),

@@ -17,6 +17,7 @@ from advguard.defenses.base import (
 from advguard.defenses.cap import CAP
 from advguard.defenses.mixup_inference import MixupInference
 from advguard.defenses.post_training import PostTrain
+from advguard.defenses.purifier import ADDDefense, APEGANDefense, Purifier
 from advguard.defenses.reference import BitDepthReduction, GaussianNoise
 from advguard.defenses.registry import DEFENSES, build_defense, build_part
 from advguard.defenses.resources import load_checkpoint_part, load_data_part
@@ -24,11 +25,34 @@ from advguard.defenses.smoothing import Smoothed, SmoothedPrediction, clopper_pe
 from advguard.defenses.transforms import GuoCropRescale, RandomRotation, XiePadding
 
 __all__ = [
-    "CAP", "DEFENSES", "AdvTransform", "Averaged", "BitDepthReduction", "Defense", "GaussianNoise",
-    "GuoCropRescale", "MixupInference", "Pipeline", "PostTrain", "RandomRotation", "Randomness",
+    "CAP",
+    "DEFENSES",
+    "ADDDefense",
+    "APEGANDefense",
+    "AdvTransform",
+    "Averaged",
+    "BitDepthReduction",
+    "Defense",
+    "GaussianNoise",
+    "GuoCropRescale",
+    "MixupInference",
+    "Pipeline",
+    "PostTrain",
+    "Purifier",
+    "RandomRotation",
+    "Randomness",
     "Smoothed",
-    "SmoothedPrediction", "Traits",
-    "Transform", "Undefended", "XiePadding", "as_defense", "build_defense", "build_part",
-    "clopper_pearson", "derive_seed", "gradient_inside_forward", "load_checkpoint_part",
+    "SmoothedPrediction",
+    "Traits",
+    "Transform",
+    "Undefended",
+    "XiePadding",
+    "as_defense",
+    "build_defense",
+    "build_part",
+    "clopper_pearson",
+    "derive_seed",
+    "gradient_inside_forward",
+    "load_checkpoint_part",
     "load_data_part",
 ]

@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 # Importing the architecture modules registers them.
-from advguard.models import fcn, resnet, resnet_cifar, small, vgg, wrn  # noqa: F401
+from advguard.models import fcn, purifier, resnet, resnet_cifar, small, vgg, wrn  # noqa: F401
 from advguard.models.factory import (
     MODELS,
     ModelFactory,

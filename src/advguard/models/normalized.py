@@ -145,8 +145,13 @@ class Normalized(nn.Module):
         self.register_buffer("mean", torch.tensor(mean_t).view(1, channels, 1, 1))
         self.register_buffer("std", torch.tensor(std_t).view(1, channels, 1, 1))
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std``: what the wrapped network sees (recipes that call parts of a
+        multi-part network, such as a purifier's encoder, normalize with this)."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        return self.model(self.normalize(x))
 
     def extra_repr(self) -> str:
         mean = tuple(round(v, 4) for v in self.mean.flatten().tolist())

@@ -7,14 +7,17 @@ from advguard.training.recipes.iat import IAT
 from advguard.training.recipes.mixup import Mixup
 from advguard.training.recipes.noise_injection import InputNoise, NoiseInjection
 from advguard.training.recipes.pgd_at import PGDAT
+from advguard.training.recipes.purifier import ADD, APEGANRecipe
 from advguard.training.recipes.standard import Standard
 from advguard.training.recipes.trades import TRADES, KLObjective, trades_kl
 
 __all__ = [
+    "ADD",
     "IAT",
     "PGDAT",
     "RECIPES",
     "TRADES",
+    "APEGANRecipe",
     "AdvT",
     "AdvTImitate",
     "FastAT",
