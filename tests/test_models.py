@@ -343,6 +343,17 @@ def test_count_flops_tiny_model_exact() -> None:
     assert cost.flops == 2 * 8154
 
 
+def test_count_flops_counts_transposed_convolutions() -> None:
+    """A transposed conv scatters every input pixel through a kh x kw kernel to every output
+    channel: H_in*W_in*C_in*C_out*kh*kw MACs (here 8*8*3*5*16), beside a conv counted as before."""
+    net = nn.Sequential(nn.ConvTranspose2d(3, 5, 4, stride=2, padding=1),
+                        nn.Conv2d(5, 2, 3, padding=1))
+    cost = count_flops(net, (3, 8, 8))
+    assert cost.by_type == {"Conv2d": 16 * 16 * 2 * 5 * 9, "Linear": 0,
+                            "ConvTranspose2d": 8 * 8 * 3 * 5 * 16}
+    assert cost.macs == sum(cost.by_type.values())
+
+
 def test_count_flops_changes_nothing() -> None:
     model = create_model("resnet20").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

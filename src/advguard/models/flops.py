@@ -19,13 +19,16 @@ __all__ = ["FlopCount", "count_flops", "model_flops"]
 class FlopCount:
     """Cost of one forward pass on **one** example.
 
-    ``macs`` counts the multiply-accumulates of every ``nn.Conv2d`` and ``nn.Linear`` call (and
-    of their subclasses, e.g. noise-injection layers): ``H_out·W_out·C_out·(C_in/groups)·kh·kw``
-    for a conv, ``in_features·out_features`` (per output row) for a linear layer. Bias additions,
+    ``macs`` counts the multiply-accumulates of every ``nn.Conv2d``, ``nn.ConvTranspose2d`` and
+    ``nn.Linear`` call (and of their subclasses, e.g. noise-injection layers):
+    ``H_out·W_out·C_out·(C_in/groups)·kh·kw`` for a conv, ``H_in·W_in·C_in·(C_out/groups)·kh·kw``
+    for a transposed conv (every input pixel scatters a kernel), ``in_features·out_features``
+    (per output row) for a linear layer. Bias additions,
     BatchNorm, activations, pooling, residual additions and the input normalization are *not*
     counted (together they are < 1 % of the total for the registered CNNs). ``flops = 2·macs``.
     ``params`` is the number of parameter elements (BatchNorm affine included, buffers not).
-    ``by_type`` splits ``macs`` by layer type (``{"Conv2d": ..., "Linear": ...}``).
+    ``by_type`` splits ``macs`` by layer type (``{"Conv2d": ..., "Linear": ...}``, plus
+    ``"ConvTranspose2d"`` for models that have such layers, e.g. the purifiers' generators).
     """
 
     macs: int
@@ -46,6 +49,11 @@ def _conv_macs(module: nn.Conv2d, output: torch.Tensor) -> int:
     kh, kw = module.kernel_size
     per_output = (module.in_channels // module.groups) * kh * kw
     return output[0].numel() * per_output
+
+
+def _deconv_macs(module: nn.ConvTranspose2d, inputs: Any) -> int:
+    kh, kw = module.kernel_size
+    return int(inputs[0][0].numel()) * (module.out_channels // module.groups) * kh * kw
 
 
 def _linear_macs(module: nn.Linear, output: torch.Tensor) -> int:
@@ -77,15 +85,19 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> FlopCount:
         else torch.get_default_dtype()
 
     by_type = {"Conv2d": 0, "Linear": 0}
+    if any(isinstance(m, nn.ConvTranspose2d) for m in model.modules()):
+        by_type["ConvTranspose2d"] = 0
 
-    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if isinstance(module, nn.Conv2d):
             by_type["Conv2d"] += _conv_macs(module, output)
+        elif isinstance(module, nn.ConvTranspose2d):
+            by_type["ConvTranspose2d"] += _deconv_macs(module, inputs)
         elif isinstance(module, nn.Linear):
             by_type["Linear"] += _linear_macs(module, output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     try:
         with eval_mode(model), torch.no_grad():
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
