@@ -509,3 +509,18 @@ def test_gpu_step_runs_in_bf16_channels_last_without_host_sync(case: str) -> Non
                           checkpoint_every_steps=None)
     result = train(config, progress=False)
     assert result.record.history[-1]["train_loss"] < 10
+
+
+def test_config_overrides_with_dotted_keys_change_one_nested_value() -> None:
+    """``set: {recipe_kwargs.use_prior: false}`` (an experiment's train entry, ``--set``) changes
+    one recipe argument and keeps the file's others; a dotted key through a scalar is an error."""
+    from advguard.errors import ConfigError
+
+    base = TrainConfig.from_file("train/scale_s/add")
+    cfg = TrainConfig.from_file("train/scale_s/add", **{"recipe_kwargs.use_prior": False,
+                                                        "model_kwargs.width": 0.5})
+    assert cfg.recipe_kwargs == {**base.recipe_kwargs, "use_prior": False}
+    assert cfg.model_kwargs == {**base.model_kwargs, "width": 0.5}
+    assert base.recipe_kwargs.get("use_prior", True) is True  # the file is not changed
+    with pytest.raises(ConfigError, match="'epochs' is not a mapping"):
+        TrainConfig.from_file("train/scale_s/add", **{"epochs.x": 1})

@@ -95,12 +95,29 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, what: str) -> T:
 def read_section(name_or_path: str | Path, *, section: str | None = None,
                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The mapping in ``name_or_path`` (:func:`read_yaml`) — its ``section`` when the file has
-    one — with the ``overrides`` that are not None applied."""
+    one — with the ``overrides`` that are not None applied. A dotted key sets a nested value
+    (``{"recipe_kwargs.use_prior": False}`` changes one recipe argument and keeps the others)."""
     data = read_yaml(name_or_path)
     body = data.get(section, data) if section else data
     if not isinstance(body, Mapping):
         raise ConfigError(f"{name_or_path}: {section!r} must be a mapping")
-    return {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    out = dict(body)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, last = str(key).split(".")
+        node = out
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise ConfigError(f"{name_or_path}: cannot set {key!r}: "
+                                  f"{'.'.join(parents[:i + 1])!r} is not a mapping")
+            node[part] = dict(child)
+            node = node[part]
+        node[last] = value
+    return out
 
 
 def load_config(cls: type[T], name_or_path: str | Path, *, section: str | None = None,
