@@ -78,7 +78,9 @@ CASES: list[tuple[str, Callable[[float, str], Attack]]] = [
 ]
 NORM_EPS = [("linf", 0.1), ("l2", 1.5)]
 #: attacks that need a particular defense around the model, tested with it elsewhere
-ELSEWHERE = {"pgd_expected_start": "tests/test_advt.py", "adapt_then_attack": "tests/test_post.py"}
+ELSEWHERE = {"pgd_expected_start": "tests/test_advt.py", "adapt_then_attack": "tests/test_post.py",
+             "local_search": "tests/test_attacks_add.py", "stadv": "tests/test_attacks_add.py",
+             "patch": "tests/test_attacks_add.py"}
 
 
 def test_every_advguard_attack_is_in_the_table() -> None:

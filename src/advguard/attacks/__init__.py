@@ -8,7 +8,9 @@ from advguard.attacks.base import (
     ATTACKS,
     Attack,
     AttackResult,
+    Evidenced,
     LogitsOf,
+    Threat,
     ThreatModel,
     as_logits_model,
     make_attack,
@@ -18,10 +20,13 @@ from advguard.attacks.epgd import EPGD
 from advguard.attacks.expected_start import PGDExpectedStart
 from advguard.attacks.fgsm import FGSM
 from advguard.attacks.foolbox_attacks import DDN, Boundary, CarliniWagnerL2, GenAttack, HopSkipJump
+from advguard.attacks.local_search import LocalSearch
 from advguard.attacks.losses import LOSSES, get_loss
 from advguard.attacks.nattack import NAttack
+from advguard.attacks.patch import MASK_SHAPES, Patch, PatchThreat
 from advguard.attacks.pgd import PGD
 from advguard.attacks.smoothadv import SmoothAdv
+from advguard.attacks.stadv import FlowThreat, StAdv, flow_loss, warp
 from advguard.attacks.transfer import Transfer, transfer
 from advguard.attacks.wrappers import BPDA, EOT, MajorityVote, input_gradient, per_example_loss
 
@@ -35,6 +40,7 @@ __all__ = [
     "FAB",
     "FGSM",
     "LOSSES",
+    "MASK_SHAPES",
     "PGD",
     "APGDTargeted",
     "AdaptThenAttack",
@@ -44,21 +50,30 @@ __all__ = [
     "AutoPGD",
     "Boundary",
     "CarliniWagnerL2",
+    "Evidenced",
+    "FlowThreat",
     "GenAttack",
     "HopSkipJump",
+    "LocalSearch",
     "LogitsOf",
     "MajorityVote",
     "NAttack",
     "PGDExpectedStart",
+    "Patch",
+    "PatchThreat",
     "SmoothAdv",
     "Square",
+    "StAdv",
+    "Threat",
     "ThreatModel",
     "Transfer",
     "as_logits_model",
+    "flow_loss",
     "get_loss",
     "input_gradient",
     "make_attack",
     "per_example_loss",
     "resolve_target",
     "transfer",
+    "warp",
 ]

@@ -2,9 +2,16 @@
 ``__call__`` owns validation, target resolution, clipping, verification and bookkeeping, so that a
 subclass implements one method, :meth:`Attack.perturb` (house rule 1, after foolbox 3).
 
-Every result is verified: finite, inside the bounds and inside the ε-ball (float tolerance
-``1e-6``). A violation raises :class:`~advguard.errors.AttackVerificationError` — it is a bug, never
-a number.
+Every result is verified: finite, inside the bounds and inside its threat model — the ε-ball of
+:class:`ThreatModel` for most attacks (float tolerance ``1e-6``). A violation raises
+:class:`~advguard.errors.AttackVerificationError` — it is a bug, never a number.
+
+Threat models that are not an ε-ball (a patch mask, a spatial warp) subclass :class:`Threat`: the
+base owns the shared checks (shape, finite, bounds) and a subclass implements one hook,
+:meth:`Threat.check`. A threat model that cannot be checked from ``(x_adv, x)`` alone names the
+*evidence* it needs (:attr:`Threat.evidence`, e.g. stAdv's flow field); an attack under it returns
+that evidence from :meth:`Attack.perturb_evidenced`, and the verified evidence comes back in
+:attr:`AttackResult.evidence`.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, final
 
@@ -29,9 +37,90 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 TOLERANCE = 1e-6
 
 
+class Threat(abc.ABC):
+    """A threat model: which inputs an attack may return for clean inputs ``x``.
+
+    The final :meth:`verify` checks what every threat model requires — the shape of ``x``,
+    finite values, values inside :attr:`bounds`, the named :attr:`evidence` present — and then
+    calls the one hook, :meth:`check`, for what this threat model adds. :meth:`project` maps a
+    candidate into the threat model (default: clip to the bounds) and :meth:`unperturbed` gives
+    the evidence that describes ``x`` itself (an attack's result for an example the model already
+    misclassifies is ``x``).
+
+    Example (a threat model that allows no change at all)::
+
+        @dataclass(frozen=True)
+        class Nothing(Threat):
+            bounds: tuple[float, float] = (0.0, 1.0)
+
+            def check(self, x_adv, x, evidence, *, who):
+                if not torch.equal(x_adv, x):
+                    raise AttackVerificationError(f"{who} changed its input")
+    """
+
+    bounds: tuple[float, float]
+    #: names of the tensors (first dimension N) an attack must hand over with its result
+    evidence: ClassVar[tuple[str, ...]] = ()
+
+    @final
+    def verify(self, x_adv: torch.Tensor, x: torch.Tensor, *, who: str = "attack",
+               evidence: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Raise :class:`AttackVerificationError` unless ``x_adv`` has the shape of ``x``, is
+        finite and in bounds (tolerance 1e-6), the :attr:`evidence` is there, and :meth:`check`
+        passes."""
+        if x_adv.shape != x.shape:
+            raise AttackVerificationError(
+                f"{who} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x_adv).all()):
+            raise AttackVerificationError(f"{who} returned non-finite values")
+        lo, hi = self.bounds
+        if bool((x_adv < lo - TOLERANCE).any()) or bool((x_adv > hi + TOLERANCE).any()):
+            raise AttackVerificationError(
+                f"{who} left the bounds {self.bounds}: values in "
+                f"[{float(x_adv.min()):.6g}, {float(x_adv.max()):.6g}]")
+        evidence = dict(evidence or {})
+        missing = [name for name in self.evidence if name not in evidence]
+        if missing:
+            raise AttackVerificationError(
+                f"{who} did not hand over the evidence its threat model "
+                f"{type(self).__name__} verifies it by: {', '.join(missing)}")
+        for name in self.evidence:
+            value = evidence[name]
+            if not isinstance(value, torch.Tensor) or value.ndim < 1 \
+                    or value.shape[0] != x.shape[0]:
+                raise AttackVerificationError(
+                    f"{who}: evidence {name!r} must be a tensor with one row per example "
+                    f"({x.shape[0]}), got "
+                    f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)}")
+            if not bool(torch.isfinite(value).all()):
+                raise AttackVerificationError(f"{who}: evidence {name!r} is not finite")
+        self.check(x_adv, x, evidence, who=who)
+
+    @abc.abstractmethod
+    def check(self, x_adv: torch.Tensor, x: torch.Tensor, evidence: Mapping[str, torch.Tensor],
+              *, who: str) -> None:
+        """Raise :class:`AttackVerificationError` unless ``x_adv`` (same shape as ``x``, finite,
+        in bounds) is inside this threat model around ``x``, as ``evidence`` shows."""
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A point of the threat model near ``x_adv`` (default: ``x_adv`` clipped to the
+        bounds)."""
+        return x_adv.clamp(*self.bounds)
+
+    def unperturbed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The evidence that shows ``x`` itself is inside the threat model (default: none)."""
+        return {}
+
+
 @dataclass(frozen=True)
-class ThreatModel:
-    """Perturbations ``δ`` with ``‖δ‖_norm ≤ eps`` and ``x + δ`` inside ``bounds``."""
+class ThreatModel(Threat):
+    """Perturbations ``δ`` with ``‖δ‖_norm ≤ eps`` and ``x + δ`` inside ``bounds``.
+
+    Example::
+
+        threat = ThreatModel("linf", 8 / 255)
+        threat.verify(x_adv, x)            # raises AttackVerificationError outside the ball
+    """
 
     norm: Norm = "linf"
     eps: float = 8 / 255
@@ -71,24 +160,24 @@ class ThreatModel:
             delta = delta * factor
         return (x + delta).clamp(*self.bounds)
 
-    def verify(self, x_adv: torch.Tensor, x: torch.Tensor, *, who: str = "attack") -> None:
-        """Raise :class:`AttackVerificationError` unless ``x_adv`` is finite, in bounds and in the
-        ball (tolerance 1e-6, plus a relative 1e-5 of ε for accumulated float error)."""
-        if x_adv.shape != x.shape:
-            raise AttackVerificationError(
-                f"{who} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(x_adv).all()):
-            raise AttackVerificationError(f"{who} returned non-finite values")
-        lo, hi = self.bounds
-        if bool((x_adv < lo - TOLERANCE).any()) or bool((x_adv > hi + TOLERANCE).any()):
-            raise AttackVerificationError(
-                f"{who} left the bounds {self.bounds}: values in "
-                f"[{float(x_adv.min()):.6g}, {float(x_adv.max()):.6g}]")
+    def check(self, x_adv: torch.Tensor, x: torch.Tensor, evidence: Mapping[str, torch.Tensor],
+              *, who: str) -> None:
+        """Inside the ball (tolerance 1e-6, plus a relative 1e-5 of ε for accumulated float
+        error)."""
         if x.shape[0]:
             dist = float(self.distance(x_adv.double(), x.double()).max())
             if dist > self.eps * (1 + 1e-5) + TOLERANCE:
                 raise AttackVerificationError(
                     f"{who} left its {self.norm} ε-ball: distance {dist:.8g} > eps {self.eps:.8g}")
+
+
+@dataclass(frozen=True)
+class Evidenced:
+    """Candidate adversarial inputs ``adv`` (N,C,H,W) with the ``evidence`` their threat model
+    verifies them by (names as in :attr:`Threat.evidence`; e.g. ``{"flow": (N,2,H,W)}``)."""
+
+    adv: torch.Tensor
+    evidence: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,7 +188,8 @@ class AttackResult:
     prediction on ``adv`` is wrong (untargeted) or the target (targeted), in one evaluation (for a
     randomized model, one draw). ``target``: the targets, or None. ``queries``: forward passes per
     example, averaged over the batch (gradient and prediction calls). ``iterations``: attack steps
-    per restart. ``info``: attack-specific extras.
+    per restart. ``info``: attack-specific extras. ``evidence``: what the attack's threat model
+    verified ``adv`` by, beyond ``adv`` itself (empty for ε-ball attacks; stAdv's flow field).
     """
 
     adv: torch.Tensor
@@ -108,6 +198,7 @@ class AttackResult:
     queries: float
     iterations: int
     info: dict[str, Any] = field(default_factory=dict)
+    evidence: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float:
@@ -192,7 +283,9 @@ class Attack(abc.ABC):
         ThreatModel(self.norm, self.eps)  # validates norm and eps
 
     @property
-    def threat(self) -> ThreatModel:
+    def threat(self) -> Threat:
+        """The threat model every result is verified against: the ε-ball ``(norm, eps)`` unless
+        the attack declares another (a patch mask, a flow bound)."""
         return ThreatModel(self.norm, self.eps)
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +307,14 @@ class Attack(abc.ABC):
                 target: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """Return candidate adversarial inputs for ``x`` (same shape). ``target`` is None for
         untargeted attacks. The base class verifies and clips the result."""
+
+    def perturb_evidenced(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                          target: torch.Tensor | None, generator: torch.Generator
+                          ) -> Evidenced:
+        """:meth:`perturb` with the evidence :attr:`threat` verifies it by (what ``__call__``
+        runs). The default hands over none; an attack whose threat model names evidence
+        (:attr:`Threat.evidence`) overrides this and derives :meth:`perturb` from it."""
+        return Evidenced(self.perturb(model, x, y, target=target, generator=generator))
 
     @final
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -254,12 +355,15 @@ class Attack(abc.ABC):
         resolved = resolve_target(target, clean_logits, y, generator, x=x)
 
         original = x.clone()  # the check must not trust a tensor the attack could modify
-        adv = self.perturb(counter, x, y, target=resolved, generator=generator)
+        threat = self.threat
+        crafted = self.perturb_evidenced(counter, x, y, target=resolved, generator=generator)
+        adv, evidence = crafted.adv, {k: v.detach() if isinstance(v, torch.Tensor) else v
+                                      for k, v in crafted.evidence.items()}
         if not torch.equal(x, original):
             raise AttackVerificationError(f"{self.name} attack modified its input tensor in "
                                           "place; attacks must return new tensors")
-        self.threat.verify(adv, x, who=f"{self.name} attack")
-        adv = self.threat.project(adv.detach().to(x.dtype), x)
+        threat.verify(adv, x, who=f"{self.name} attack", evidence=evidence)
+        adv = threat.project(adv.detach().to(x.dtype), x)
 
         with torch.no_grad():
             adv_pred = counter(adv).argmax(1)
@@ -274,10 +378,15 @@ class Attack(abc.ABC):
         if bool(keep_clean.any()):
             adv = torch.where(keep_clean.view(-1, 1, 1, 1), x, adv)
             success = success | keep_clean
+            if evidence:  # those rows are x now: so must their evidence be
+                unchanged = threat.unperturbed(x)
+                evidence = {k: torch.where(keep_clean.view(-1, *([1] * (v.dim() - 1))),
+                                           unchanged[k].to(v), v) if k in unchanged else v
+                            for k, v in evidence.items()}
         return AttackResult(adv=adv, success=success, target=resolved,
                             queries=counter.examples / max(1, x.shape[0]),
                             iterations=int(getattr(self, "steps", 1)),
-                            info={"attack": self.to_dict()})
+                            info={"attack": self.to_dict()}, evidence=evidence)
 
 
 def resolve_target(target: Target, clean_logits: torch.Tensor, y: torch.Tensor,
