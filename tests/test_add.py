@@ -14,7 +14,7 @@ from advguard.errors import AdvguardError, ConfigError
 from advguard.models import create_model
 from advguard.training import TrainConfig, train
 from advguard.training.recipes import make_recipe
-from advguard.training.recipes.purifier import mmd2, multi_domain_mmd
+from advguard.training.recipes.purifier import confusion_loss, gaussian_kl, mmd2, multi_domain_mmd
 
 FAST_ATTACKS = [{"attack": "pgd", "eps": 0.15, "steps": 2},
                 {"attack": "pgd", "eps": 0.15, "steps": 2, "target": "random"}]
@@ -98,6 +98,27 @@ def test_multi_domain_mmd_zero_for_equal_domains_and_grows_with_shift() -> None:
     near = float(multi_domain_mmd([z, z + 0.1, z], (1.0,)))
     far = float(multi_domain_mmd([z, z + 2.0, z], (1.0,)))
     assert 0 < near < far
+
+
+def test_prior_kl_matches_the_closed_form_of_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(2)
+    mu, logvar = torch.randn(4, 3, 1, 1, generator=g), torch.randn(4, 3, 1, 1, generator=g)
+    q = torch.distributions.Normal(mu.flatten(1), (0.5 * logvar).exp().flatten(1))
+    p = torch.distributions.Normal(torch.zeros(4, 3), torch.ones(4, 3))
+    expected = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), expected, rtol=1e-5, atol=1e-6)
+    assert float(gaussian_kl(torch.zeros(2, 5), torch.zeros(2, 5)).abs().max()) == 0.0
+
+
+def test_confusion_target_is_uniform() -> None:
+    """The encoder's loss against D_P is log K exactly at a uniform prediction, and larger for
+    any confident one (whichever domain it names)."""
+    k = 3
+    assert float(confusion_loss(torch.zeros(5, k))) == pytest.approx(torch.log(torch.tensor(3.)))
+    for d in range(k):
+        confident = torch.zeros(1, k)
+        confident[0, d] = 4.0
+        assert float(confusion_loss(confident)) > float(torch.log(torch.tensor(3.0))) + 0.5
 
 
 # ------------------------------------------------------------------------------------ recipes

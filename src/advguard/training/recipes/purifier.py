@@ -29,7 +29,8 @@ from advguard.attacks import Attack, make_attack, resolve_target
 from advguard.errors import AdvguardError, ConfigError
 from advguard.training.recipes.base import RECIPES, Recipe, StepOutput
 
-__all__ = ["ADD", "APEGANRecipe", "KnownAttack", "mmd2", "multi_domain_mmd"]
+__all__ = ["ADD", "APEGANRecipe", "KnownAttack", "confusion_loss", "gaussian_kl", "mmd2",
+           "multi_domain_mmd"]
 
 #: The paper's known attacks on Fashion-MNIST (App. C.1.1): L∞-PGD, ε = 0.15, 40 iterations,
 #: untargeted and targeted (a random other class).
@@ -99,6 +100,19 @@ def multi_domain_mmd(z: list[torch.Tensor], scales: tuple[float, ...]) -> torch.
     total = sum((mmd2(a, b, bandwidths) for a, b in itertools.combinations(z, 2)),
                 flat.new_zeros(()))
     return 2 * total / (k * k)  # each unordered pair counted twice, diagonal terms are zero
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(μ, diag σ²) ‖ N(0, I))`` per example (summed over the latent dimensions), shape (N,):
+    ``½ Σ (μ² + σ² − 1 − log σ²)`` — Eq. 3's prior term."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+
+
+def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 2's encoder side: the cross-entropy of ``D_P``'s prediction against the uniform
+    ("perturbation-confused") label over its ``K`` domains, averaged over examples; minimal,
+    ``log K``, exactly when every prediction is uniform."""
+    return -F.log_softmax(logits, dim=1).mean(1).mean()
 
 
 def _frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
@@ -279,13 +293,13 @@ class ADD(_TargetedRecipe):
             loss = loss + mmd
             metrics["mmd"] = mmd.detach()
         if self.use_prior:
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
+            kl = gaussian_kl(mu, logvar).mean()
             loss = loss + self.lambda_prior * kl
             metrics["prior_kl"] = kl.detach()
         if self.use_perturbation_discriminator:
             d_p = net.perturbation_discriminator
             own = F.cross_entropy(d_p(flat.detach()), domain)
-            confused = -F.log_softmax(_frozen(d_p, flat), dim=1).mean(1).mean()
+            confused = confusion_loss(_frozen(d_p, flat))
             loss = loss + own + self.lambda_perturbation * confused
             metrics["dp_loss"] = own.detach()
         if self.use_classifier:
