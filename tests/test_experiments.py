@@ -314,3 +314,20 @@ def test_run_only_trains_the_models_the_selected_cells_read(tmp_path: Path) -> N
     assert (a / "model.safetensors").exists() and not b.exists()
     spec.run(progress=False)
     assert (b / "model.safetensors").exists()
+
+
+def test_a_table_cell_shows_an_evaluated_cell_whatever_the_order() -> None:
+    """A clean-accuracy table whose rows leave out the attack axis collects several cells in one
+    table cell: one not yet evaluated (summary None) must not hide one that is."""
+    from types import SimpleNamespace
+
+    from advguard.experiments.grid import Cell, TableSpec
+    from advguard.reports.experiment import grid_table
+
+    table = TableSpec(title="clean", rows=("defense",), metric="clean")
+    done = SimpleNamespace(clean_acc=0.905)
+    cells = [Cell(labels={"defense": "ADD", "attack": a}, config=None)  # type: ignore[arg-type]
+             for a in ("PGD", "C&W")]
+    for results in ([(cells[0], done), (cells[1], None)], [(cells[0], None), (cells[1], done)]):
+        assert "| ADD | 90.5 |" in grid_table(table, results)  # type: ignore[arg-type]
+    assert "| ADD | — |" in grid_table(table, [(cells[0], None), (cells[1], None)])

@@ -37,7 +37,9 @@ def _format(value: float | None, paper: float | None) -> str:
 
 def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]]) -> str:
     """A markdown table: rows × cols of the metric in %, with the paper's number in parentheses
-    where the experiment gives one."""
+    where the experiment gives one. Several cells can land in one table cell (a clean-accuracy
+    table whose rows leave out the attack axis): the first evaluated one is shown, so a cell not
+    yet evaluated never hides one that is."""
     row_keys: list[str] = []
     col_keys: list[str] = []
     values: dict[tuple[str, str], float | None] = {}
@@ -47,7 +49,8 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
             row_keys.append(r)
         if c not in col_keys:
             col_keys.append(c)
-        values[(r, c)] = None if summary is None else metric_value(summary, table.metric)
+        if values.get((r, c)) is None:
+            values[(r, c)] = None if summary is None else metric_value(summary, table.metric)
     header = ["/".join(table.rows) or "setting", *col_keys]
     rows: list[list[str]] = []
     for r in row_keys:
