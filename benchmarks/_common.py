@@ -33,3 +33,21 @@ def write_report(lines: list[str], output: str | Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return 0
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, *,
+                per: int = 1, warmup: bool = True
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Median and half range of ``repeats`` interleaved timings of each function (seconds per
+    call divided by ``per``), after one untimed warm-up call of each."""
+    import statistics
+
+    if warmup:
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(timed(fn, device) / per)
+    return ({k: statistics.median(v) for k, v in times.items()},
+            {k: (max(v) - min(v)) / 2 for k, v in times.items()})

@@ -23,14 +23,13 @@ Models are randomly initialized (the cost does not depend on the weights). Resul
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from _common import timed, write_report
+from _common import interleaved, write_report
 from advguard.checkpoint import save_checkpoint
 from advguard.defenses import build_defense
 from advguard.models import count_flops, create_model
@@ -65,15 +64,8 @@ def inference(target: torch.nn.Module, widths: list[float], device: torch.device
             with torch.no_grad():
                 return defense(x)
 
-        fns = {"plain": plain, "defended": defended}
-        for fn in fns.values():
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(repeats):
-            for key, fn in fns.items():
-                times[key].append(timed(fn, device) / batch)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        spread = {k: (max(v) - min(v)) / 2 for k, v in times.items()}
+        med, spread = interleaved({"plain": plain, "defended": defended}, device, repeats,
+                                  per=batch)
         macs_p = count_flops(purifier, SHAPE).macs
         rows.append({"label": label, "macs_p": macs_p, "macs_t": macs_t, "med": med,
                      "spread": spread, "flop_ratio": (macs_p + macs_t) / macs_t})
@@ -106,15 +98,8 @@ def training_split(target_path: Path, widths: list[float], device: torch.device,
             opt.step()
             return out
 
-        craft()
-        step()
-        times: dict[str, list[float]] = {"craft": [], "step": []}
-        for _ in range(repeats):
-            times["craft"].append(timed(craft, device))
-            times["step"].append(timed(step, device))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"label": label, "med": med,
-                     "spread": {k: (max(v) - min(v)) / 2 for k, v in times.items()}})
+        med, spread = interleaved({"craft": craft, "step": step}, device, repeats)
+        rows.append({"label": label, "med": med, "spread": spread})
     return rows
 
 

@@ -134,9 +134,13 @@ class ADDPurifier(nn.Module):
             out = out[..., lo:lo + self.input_size, lo:lo + self.input_size]
         return out
 
+    def image_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What ``D_I`` takes: images of the caller's size, padded to the multiple of 32."""
+        return self._pad(images)
+
     def discriminate_image(self, images: torch.Tensor) -> torch.Tensor:
         """``D_I`` logit (N,) of images in [0, 1] of the caller's size."""
-        return self.image_discriminator(self._pad(images)).squeeze(1)
+        return self.image_discriminator(self.image_input(images)).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.encode(x)
@@ -189,7 +193,12 @@ class APEGAN(nn.Module):
 
     def discriminate_image(self, images: torch.Tensor) -> torch.Tensor:
         """Discriminator logit (N,) of images in [0, 1]."""
-        return self.discriminator(images).squeeze(1)
+        return self.image_discriminator(images).squeeze(1)
+
+    @property
+    def image_discriminator(self) -> nn.Module:
+        """The discriminator (the name the purifier recipes share with ADD's ``D_I``)."""
+        return self.discriminator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)

@@ -123,6 +123,28 @@ def _frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def image_gan_losses(net: Any, clean: torch.Tensor, restored: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image discriminator's own loss (clean images real, detached restored ones fake) and
+    the generator's non-saturating fooling loss (the discriminator seen through detached
+    parameters), for a purifier ``net`` with ``discriminate_image`` and ``image_discriminator``
+    (applied to :meth:`image_input` of the images when the net defines it)."""
+    real = net.discriminate_image(clean)
+    fake = net.discriminate_image(restored.detach())
+    own = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+        F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    prepare = getattr(net, "image_input", None)
+    seen = prepare(restored) if callable(prepare) else restored
+    fooled = _frozen(net.image_discriminator, seen).squeeze(1)
+    return own, F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+
+
+def _check_weights(recipe: str, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"recipe {recipe!r}: {key} must be a number >= 0, got {value!r}")
+
+
 class _TargetedRecipe(Recipe):
     """Shared parts: the frozen target model ``M_t`` (checkpoint path) and the known attacks."""
 
@@ -151,6 +173,16 @@ class _TargetedRecipe(Recipe):
                               "prepare_model(model), which the training loop calls first")
         assert isinstance(m, nn.Module)
         return m
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Check that ``model`` is the purifier architecture this recipe trains
+        (:meth:`_check_model`), then load the target model against it."""
+        self._check_model(getattr(model, "model", model))
+        self._load_target(model)
+        return model
+
+    def _check_model(self, inner: nn.Module) -> None:
+        raise NotImplementedError
 
     def _load_target(self, model: nn.Module) -> None:
         from advguard.defenses.resources import input_facts, load_checkpoint_part
@@ -244,20 +276,17 @@ class ADD(_TargetedRecipe):
     use_classifier: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("lambda_prior", "lambda_perturbation", "lambda_class", "theta"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ConfigError(f"recipe 'add': {key} must be a number >= 0, got {value!r}")
+        _check_weights(self.name, {k: getattr(self, k) for k in (
+            "lambda_prior", "lambda_perturbation", "lambda_class", "theta")})
         if not self.mmd_scales or not all(
                 isinstance(s, (int, float)) and s > 0 for s in self.mmd_scales):
             raise ConfigError(f"recipe 'add': mmd_scales must be numbers > 0, got "
                               f"{self.mmd_scales!r}")
         self._check_common()
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def _check_model(self, inner: nn.Module) -> None:
         from advguard.models.purifier import ADDPurifier
 
-        inner = getattr(model, "model", model)
         if not isinstance(inner, ADDPurifier):
             raise ConfigError(f"recipe 'add' trains an 'add_purifier' model, got "
                               f"{type(inner).__name__}")
@@ -265,8 +294,6 @@ class ADD(_TargetedRecipe):
             raise ConfigError(f"recipe 'add': the model's perturbation discriminator has "
                               f"{inner.domains} domains, but clean + {len(self.attacks)} known "
                               f"attack(s) make {1 + len(self.attacks)}; set model_kwargs.domains")
-        self._load_target(model)
-        return model
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              generator: torch.Generator) -> StepOutput:
@@ -306,13 +333,7 @@ class ADD(_TargetedRecipe):
             lc = F.cross_entropy(net.classifier(flat), labels)
             loss = loss + self.lambda_class * lc
             metrics["class_loss"] = lc.detach()
-        d_i = net.image_discriminator
-        real = net.discriminate_image(x)
-        fake = net.discriminate_image(restored.detach())
-        own_i = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
-            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-        fooled = _frozen(d_i, net._pad(restored)).squeeze(1)
-        adv = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        own_i, adv = image_gan_losses(net, x, restored)
         loss = loss + own_i + adv
         metrics["di_loss"] = own_i.detach()
         with torch.no_grad():
@@ -343,22 +364,16 @@ class APEGANRecipe(_TargetedRecipe):
     include_clean: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("mse_weight", "adv_weight"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ConfigError(f"recipe 'ape_gan': {key} must be a number >= 0, got "
-                                  f"{value!r}")
+        _check_weights(self.name, {"mse_weight": self.mse_weight,
+                                   "adv_weight": self.adv_weight})
         self._check_common()
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def _check_model(self, inner: nn.Module) -> None:
         from advguard.models.purifier import APEGAN
 
-        inner = getattr(model, "model", model)
         if not isinstance(inner, APEGAN):
             raise ConfigError(f"recipe 'ape_gan' trains an 'ape_gan' model, got "
                               f"{type(inner).__name__}")
-        self._load_target(model)
-        return model
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              generator: torch.Generator) -> StepOutput:
@@ -370,13 +385,7 @@ class APEGANRecipe(_TargetedRecipe):
         clean = x.repeat(k, 1, 1, 1)
         labels = y.repeat(k)
         mse = F.mse_loss(restored, clean)
-        d = net.discriminator
-        real = net.discriminate_image(x)
-        fake = net.discriminate_image(restored.detach())
-        own = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
-            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-        fooled = _frozen(d, restored).squeeze(1)
-        adv = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        own, adv = image_gan_losses(net, x, restored)
         loss = self.mse_weight * mse + self.adv_weight * adv + own
         with torch.no_grad():
             pred = target(restored.detach()).argmax(1)
