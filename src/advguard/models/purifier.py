@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advguard.errors import ConfigError
+from advguard.errors import ConfigError, InputValidationError
 from advguard.models.factory import register_model
 
 __all__ = ["APEGAN", "ADDPurifier"]
@@ -40,6 +40,12 @@ def _conv_stack(channels: list[int], *, transpose: bool = False) -> nn.Sequentia
         if i < len(channels) - 2:
             layers.append(nn.LeakyReLU(_SLOPE))
     return nn.Sequential(*layers)
+
+
+def _check_input(x: torch.Tensor, channels: int, size: int, name: str) -> None:
+    if x.dim() != 4 or x.shape[1] != channels or x.shape[-2:] != (size, size):
+        raise InputValidationError(f"{name} was built for {channels}x{size}x{size} images, got "
+                                   f"inputs of shape {tuple(x.shape)}")
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -91,6 +97,7 @@ class ADDPurifier(nn.Module):
             raise ConfigError(f"add_purifier: width must be a number > 0, got {width}")
         c, w = in_channels, width
         self.input_size = input_size
+        self.in_channels = in_channels
         self.padded = 32 * math.ceil(input_size / 32)
         self.latent_channels = _scaled(1024, w)
         side = self.padded // 32
@@ -118,9 +125,7 @@ class ADDPurifier(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ, log σ²)`` of the latent, each (N, latent_channels, s, s), s = padded side / 32."""
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            raise ConfigError(f"add_purifier was built for {self.input_size}x{self.input_size} "
-                              f"images, got {tuple(x.shape[-2:])}")
+        _check_input(x, self.in_channels, self.input_size, "add_purifier")
         h = self.encoder(self._pad(x))
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
@@ -175,6 +180,7 @@ class APEGAN(nn.Module):
         if not (math.isfinite(width) and width > 0):
             raise ConfigError(f"ape_gan: width must be a number > 0, got {width}")
         c = in_channels
+        self.in_channels, self.input_size = in_channels, input_size
         a, b = _scaled(64, width), _scaled(128, width)
         self.generator = nn.Sequential(
             nn.Conv2d(c, a, 4, 2, 1), nn.LeakyReLU(_SLOPE),
@@ -201,6 +207,7 @@ class APEGAN(nn.Module):
         return self.discriminator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, self.input_size, "ape_gan")
         return self.generator(x)
 
 
