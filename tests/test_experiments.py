@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -91,6 +92,25 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
             f"{bits.strongest or '—'} |") in report
     with RecordStore(spec.store) as store:
         assert summarize(store, none_01.eval_id).robust_acc == none_01.robust_acc
+
+
+def test_grid_cells_run_on_the_given_executor(tmp_path: Path, fmnist_model: nn.Module) -> None:
+    from advguard.evaluation.executors import LocalExecutor
+
+    class Counting(LocalExecutor):
+        def __init__(self) -> None:
+            self.chunks: list[int] = []
+
+        def map(self, job: Any, tasks: Any) -> Any:
+            for result in super().map(job, tasks):
+                self.chunks.append(result.chunk)
+                yield result
+
+    spec = _spec(tmp_path, save_checkpoint(tmp_path / "m.safetensors", fmnist_model))
+    executor = Counting()
+    spec.run(only="tiny:none/*", progress=False, executor=executor)
+    assert executor.chunks == [0, 0]  # two cells of one chunk each, computed by the executor
+    assert "2/3 cells evaluated" in spec.report()
 
 
 def test_bad_experiment_files(tmp_path: Path) -> None:

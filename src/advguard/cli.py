@@ -8,13 +8,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from advguard import __version__
 from advguard.errors import AdvguardError, ConfigError
 from advguard.reports.render import render_table
+
+if TYPE_CHECKING:
+    from advguard.evaluation.executors import Executor
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -200,10 +203,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = EvalConfig.from_file(config_path(args.config), **overrides)
     else:
         config = EvalConfig.from_dict(overrides)
-    summary = evaluate(config, store=args.store, progress=not args.quiet)
+    with _executor(args) as executor:
+        summary = evaluate(config, store=args.store, progress=not args.quiet, executor=executor)
     print(markdown_report([summary], title=f"evaluation {summary.name}"))
     print(f"records: {args.store} (evaluation id {summary.eval_id})")
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    """The executor the --executor options name (ray's options only with --executor ray)."""
+    from advguard.evaluation.executors import make_executor
+
+    options = {k: getattr(args, k) for k in ("address", "gpus_per_task", "cpus_per_task",
+                                             "max_retries") if getattr(args, k) is not None}
+    if args.executor != "ray" and options:
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise ConfigError(f"{flags} apply to --executor ray only")
+    return make_executor(args.executor, **options)
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", metavar="NAME",
+                   help="where chunks run: local (default, this process) or ray (one Ray task "
+                        "per chunk; pip install \"advguard[distributed]\")")
+    p.add_argument("--address", help="Ray cluster address (HOST:PORT from `ray start --head`, "
+                                     "ray://HOST:PORT or auto); default: start a local instance")
+    p.add_argument("--gpus-per-task", dest="gpus_per_task", type=float,
+                   help="GPUs each chunk reserves on Ray (default 0; fractions share a GPU)")
+    p.add_argument("--cpus-per-task", dest="cpus_per_task", type=float,
+                   help="CPUs each chunk reserves on Ray (default 1)")
+    p.add_argument("--max-retries", dest="max_retries", type=int,
+                   help="times Ray re-runs a chunk whose worker died (default 3)")
 
 
 def _parse_step(text: str) -> dict[str, Any]:
@@ -266,7 +296,8 @@ def cmd_experiment_run(args: argparse.Namespace) -> int:
     if args.only and not spec.selected(args.only):
         raise ConfigError(f"--only {args.only!r} matches none of the {len(spec.cells())} cells "
                           f"(see: advguard experiment run {args.name} --dry-run)")
-    spec.run(only=args.only, progress=not args.quiet, device=args.device)
+    with _executor(args) as executor:
+        spec.run(only=args.only, progress=not args.quiet, device=args.device, executor=executor)
     print(spec.report())
     return 0
 
@@ -402,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config field")
     p.add_argument("--store", default="results/records.sqlite",
                    help="SQLite record store (default results/records.sqlite)")
+    _add_executor_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -434,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(see --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--device", help="override the evaluation device")
+    _add_executor_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment_run)
     p = exp_sub.add_parser("report", help="tables and plots from the experiment's records")

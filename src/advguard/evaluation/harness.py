@@ -21,6 +21,11 @@ Two sources stay batch-dependent and are re-seeded per ``(seed, chunk, step, run
 noise drawn once per forward (PNI/CNI layers, shared by the rows of a batch) and the global RNG
 of the attack libraries (pyautoattack, foolbox).
 
+Chunks are computed by an executor (:mod:`advguard.evaluation.executors`): in this process by
+default, or as Ray tasks on other processes and machines, each worker building the same context
+(model, defense, prepared cascade) from a picklable :class:`ChunkJob`. The driver commits each
+chunk's records as it arrives, in whatever order; the records do not depend on the executor.
+
 Example::
 
     summary = evaluate(EvalConfig(model="runs/q/model.safetensors", eps=0.1, steps=[
@@ -30,13 +35,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +57,8 @@ from advguard.defenses.base import Defense, as_defense, derive_seed
 from advguard.defenses.registry import build_defense
 from advguard.errors import ConfigError
 from advguard.evaluation import checks
-from advguard.evaluation.config import DRAWS_PROTOCOL, EvalConfig
+from advguard.evaluation.config import DRAWS_PROTOCOL, EvalConfig, StepSpec
+from advguard.evaluation.executors import ChunkResult, ChunkTask, Executor, LocalExecutor
 from advguard.evaluation.presets import resolve_preset
 from advguard.evaluation.settings import Prepared, prepare_step
 from advguard.evaluation.store import (
@@ -98,6 +108,99 @@ class _Context:
     prepared: list[Prepared]
     runs: int
     device: torch.device
+    preset: str
+    steps: tuple[StepSpec, ...]
+
+
+def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
+                   load_model: Callable[[str], nn.Module] | None) -> _Context:
+    """The defense around ``model`` (already on ``device``, eval mode) and the prepared cascade:
+    built once by the driver and once per worker process, from the same inputs."""
+    from advguard.checkpoint import load_checkpoint
+
+    def loader(path: str) -> nn.Module:
+        if load_model is not None:
+            return load_model(path).to(device).eval()
+        return load_checkpoint(path, device=device).model
+
+    defense = as_defense(build_defense(config.defense, model, seed=config.seed)).to(device)
+    preset, preset_steps = resolve_preset(config.preset_name, defense)
+    steps = (*config.steps, *preset_steps)
+    prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
+                for s in steps]
+    runs = config.runs if defense.traits.randomized else 1
+    return _Context(config, defense, prepared, runs, device, preset, steps)
+
+
+# The context a worker process built for the evaluation it works on (one at a time).
+_WORKER_CONTEXTS: dict[str, _Context] = {}
+
+
+@contextlib.contextmanager
+def _working_directory(path: str) -> Iterator[None]:
+    """Run inside ``path`` if it exists here (the driver's directory, so that relative
+    checkpoint paths in the config mean the same on a worker), else where we are."""
+    previous = os.getcwd()
+    moved = path != previous and os.path.isdir(path)
+    if moved:
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        if moved:
+            os.chdir(previous)
+
+
+@dataclass
+class ChunkJob:
+    """Everything needed to compute any chunk of one evaluation, picklable so that executors
+    can ship it to other processes: the config, the caller's model (None: the worker loads
+    ``config.model``), the transfer-source loader, the driver's working directory, and a token
+    naming the evaluation run. :meth:`compute` builds the context once per process."""
+
+    config: EvalConfig
+    model: nn.Module | None
+    load_model: Callable[[str], nn.Module] | None
+    cwd: str
+    token: str
+    context: _Context | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["context"] = None  # rebuilt where the job lands
+        model = state["model"]
+        if model is not None and any(t.device.type != "cpu" for t in model.state_dict().values()):
+            state["model"] = copy.deepcopy(model).cpu()  # the worker moves it to its device
+        return state
+
+    def _context(self) -> _Context:
+        if self.context is not None:
+            return self.context
+        ctx = _WORKER_CONTEXTS.get(self.token)
+        if ctx is None:
+            from advguard.checkpoint import load_checkpoint
+
+            _WORKER_CONTEXTS.clear()
+            device = resolve_device(self.config.device)
+            with _working_directory(self.cwd):
+                if self.model is not None:
+                    model = self.model.to(device).eval()
+                else:
+                    model = load_checkpoint(self.config.model, device=device).model
+                ctx = _build_context(self.config, model, device, self.load_model)
+            _WORKER_CONTEXTS[self.token] = ctx
+        return ctx
+
+    def compute(self, task: ChunkTask) -> ChunkResult:
+        """Run the cascade on one chunk and return its records."""
+        ctx = self._context()
+        started = time.perf_counter()
+        with _working_directory(self.cwd), eval_mode(ctx.defense):
+            examples, outcomes, step_seconds = _run_chunk(
+                ctx, task.chunk, task.images.to(ctx.device), task.labels.to(ctx.device),
+                task.indices)
+        return ChunkResult(task.chunk, examples, outcomes, time.perf_counter() - started,
+                           step_seconds)
 
 
 def _predict(defense: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -191,7 +294,8 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
              model: nn.Module | None = None, data: ImageDataset | None = None,
              load_model: Callable[[str], nn.Module] | None = None,
              progress: bool = True,
-             on_chunk: Callable[[int], None] | None = None) -> EvalSummary:
+             on_chunk: Callable[[int], None] | None = None,
+             executor: Executor | None = None) -> EvalSummary:
     """Run (or resume) the evaluation ``config`` and return its summary.
 
     ``model``: the classifier (default: loaded from the checkpoint ``config.model``); ``data``:
@@ -200,11 +304,14 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     :class:`RecordStore` or the path of its SQLite file; ``on_chunk``: called with the chunk's
     index right after each chunk this call computes is committed to the store (not for chunks
     a resumed evaluation skips) — for progress reporting, and for tests that interrupt an
-    evaluation at a known point.
+    evaluation at a known point; ``executor``: where the chunks are computed
+    (:mod:`advguard.evaluation.executors`; default: in this process). Records do not depend on
+    the executor.
     """
     from advguard.checkpoint import load_checkpoint
 
     device = resolve_device(config.device)
+    ship_model = model is not None  # workers get the caller's model; else they load config.model
     if model is None:
         if not config.model:
             raise ConfigError("the evaluation config names no model checkpoint")
@@ -218,20 +325,12 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     data_flags = check_model_fits(model, data, config)
     fingerprint = model_fingerprint(model)
 
-    def loader(path: str) -> nn.Module:
-        if load_model is not None:
-            return load_model(path).to(device).eval()
-        return load_checkpoint(path, device=device).model
-
-    defense = as_defense(build_defense(config.defense, model, seed=config.seed)).to(device)
-    preset, preset_steps = resolve_preset(config.preset_name, defense)
-    steps = (*config.steps, *preset_steps)
-    prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
-                for s in steps]
-    runs = config.runs if defense.traits.randomized else 1
+    ctx = _build_context(config, model, device, load_model)
+    defense, prepared, steps = ctx.defense, ctx.prepared, ctx.steps
     eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}")
     recorded = config.to_dict()
-    recorded.update(preset=preset, steps=[s.to_dict() for s in steps])
+    recorded.update(preset=ctx.preset, steps=[s.to_dict() for s in steps])
+    executor = executor if executor is not None else LocalExecutor()
     own_store = not isinstance(store, RecordStore)
     db = RecordStore(store) if not isinstance(store, RecordStore) else store
     try:
@@ -241,39 +340,40 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         env = environment_info(device)
         env["model_fingerprint"] = fingerprint
         env["draws"] = DRAWS_PROTOCOL
+        if not isinstance(executor, LocalExecutor):
+            env["executor"] = executor.describe()
         resumed = db.begin_evaluation(
             eval_id, name=config.name or eval_id, config=recorded,
-            traits=defense.traits.to_dict(), environment=env, n=len(data), runs=runs,
+            traits=defense.traits.to_dict(), environment=env, n=len(data), runs=ctx.runs,
             steps=step_records)
         db.write_flags(eval_id, data_flags)
-        ctx = _Context(config, defense, prepared, runs, device)
         indices = (data.indices.tolist() if data.indices is not None
                    else list(range(len(data))))
-        with eval_mode(defense):
-            if config.checks and not (resumed and db.flags(eval_id)):
-                started = time.perf_counter()
-                x0 = data.images[: 2 * config.check_examples]
-                y0 = data.labels[: x0.shape[0]]
+        if config.checks and not (resumed and db.flags(eval_id)):
+            started = time.perf_counter()
+            x0 = data.images[: 2 * config.check_examples]
+            y0 = data.labels[: x0.shape[0]]
+            with eval_mode(defense):
                 db.write_flags(eval_id, _probe_flags(ctx, x0.to(device), y0.to(device)))
-                db.add_seconds(eval_id, time.perf_counter() - started)
-            done = db.finished_chunks(eval_id)
-            n_chunks = (len(data) + config.batch_size - 1) // config.batch_size
-            bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,
-                       dynamic_ncols=True)
-            for chunk in range(n_chunks):
-                lo, hi = chunk * config.batch_size, min(len(data), (chunk + 1) * config.batch_size)
-                if chunk in done:
-                    bar.update(hi - lo)
-                    continue
-                started = time.perf_counter()
-                x = data.images[lo:hi].to(device)
-                y = data.labels[lo:hi].to(device)
-                examples, outcomes, step_seconds = _run_chunk(ctx, chunk, x, y, indices[lo:hi])
-                db.write_chunk(eval_id, chunk, examples, outcomes,
-                               time.perf_counter() - started, step_seconds)
-                bar.update(hi - lo)
+            db.add_seconds(eval_id, time.perf_counter() - started)
+        done = db.finished_chunks(eval_id)
+        n_chunks = (len(data) + config.batch_size - 1) // config.batch_size
+        bounds = [(c, c * config.batch_size, min(len(data), (c + 1) * config.batch_size))
+                  for c in range(n_chunks)]
+        tasks = [ChunkTask(c, data.images[lo:hi], data.labels[lo:hi], indices[lo:hi])
+                 for c, lo, hi in bounds if c not in done]
+        job = ChunkJob(config, model if ship_model else None, load_model,
+                       os.getcwd(), f"{eval_id}/{uuid.uuid4().hex}", context=ctx)
+        bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,
+                   dynamic_ncols=True, initial=sum(hi - lo for c, lo, hi in bounds if c in done))
+        try:
+            for result in executor.map(job, tasks):
+                db.write_chunk(eval_id, result.chunk, result.examples, result.outcomes,
+                               result.seconds, result.step_seconds)
+                bar.update(len(result.examples))
                 if on_chunk is not None:
-                    on_chunk(chunk)
+                    on_chunk(result.chunk)
+        finally:
             bar.close()
         _finish(db, eval_id, prepared)
         return summarize(db, eval_id)

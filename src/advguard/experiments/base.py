@@ -10,9 +10,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from advguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from advguard.evaluation.executors import Executor
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,10 @@ class Experiment(ABC):
         """The names of the units of work, in run order (``run(only=...)`` globs over them)."""
 
     @abstractmethod
-    def compute(self, *, only: str | None, progress: bool, device: str | None) -> None:
-        """Compute every missing unit (whose name matches ``only``) into the record store."""
+    def compute(self, *, only: str | None, progress: bool, device: str | None,
+                executor: Executor | None = None) -> None:
+        """Compute every missing unit (whose name matches ``only``) into the record store, its
+        evaluations' chunks on ``executor`` (default: in this process)."""
 
     @abstractmethod
     def report(self, *, plots_dir: str | Path | None = None) -> str:
@@ -95,11 +100,12 @@ class Experiment(ABC):
 
     # ------------------------------------------------------------------ shared
     def run(self, *, only: str | None = None, progress: bool = True,
-            device: str | None = None) -> None:
-        """Train the listed models if needed, then compute every missing unit. Resumable: an
-        interrupted run continues where it stopped."""
+            device: str | None = None, executor: Executor | None = None) -> None:
+        """Train the listed models if needed (here), then compute every missing unit (on
+        ``executor``, default in this process). Resumable: an interrupted run continues where
+        it stopped."""
         self.train_models(progress=progress, only=only)
-        self.compute(only=only, progress=progress, device=device)
+        self.compute(only=only, progress=progress, device=device, executor=executor)
 
     def references(self, only: str | None) -> str | None:
         """Text in which the selected units name the checkpoints they read (None: unknown, so

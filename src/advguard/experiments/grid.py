@@ -48,12 +48,15 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from advguard.configs import from_mapping
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalConfig, EvalSummary, RecordStore, evaluate
 from advguard.evaluation.harness import model_fingerprint
+
+if TYPE_CHECKING:
+    from advguard.evaluation.executors import Executor
 from advguard.experiments.base import Experiment
 
 METRICS = ("clean", "clean_worst", "robust")
@@ -157,12 +160,14 @@ class GridExperiment(Experiment):
                            if cell.config.name in wanted], default=str)
 
     def compute(self, *, only: str | None = None, progress: bool = True,
-                device: str | None = None) -> None:
-        self.evaluate(only=only, progress=progress, device=device)
+                device: str | None = None, executor: Executor | None = None) -> None:
+        self.evaluate(only=only, progress=progress, device=device, executor=executor)
 
     def evaluate(self, *, only: str | None = None, progress: bool = True,
-                 device: str | None = None) -> list[EvalSummary]:
-        """Evaluate every cell (``only``: a glob over cell names) into the store."""
+                 device: str | None = None, executor: Executor | None = None
+                 ) -> list[EvalSummary]:
+        """Evaluate every cell (``only``: a glob over cell names) into the store, the chunks
+        on ``executor`` (default: in this process)."""
         wanted = set(self.selected(only))
         summaries = []
         with RecordStore(self.store) as store:
@@ -170,7 +175,8 @@ class GridExperiment(Experiment):
                 if cell.config.name not in wanted:
                     continue
                 config = cell.config.replace(device=device) if device else cell.config
-                summaries.append(evaluate(config, store=store, progress=progress))
+                summaries.append(evaluate(config, store=store, progress=progress,
+                                          executor=executor))
         return summaries
 
     def report(self, *, plots_dir: str | Path | None = None) -> str:

@@ -43,13 +43,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from advguard.errors import ConfigError
 from advguard.experiments.base import Experiment
+
+if TYPE_CHECKING:
+    from advguard.evaluation.executors import Executor
 
 SPLITS = ("val", "test")
 KINDS = ("clean", "paper")
@@ -133,7 +136,13 @@ class SweepExperiment(Experiment):
                 for sigma in self.sigmas]
 
     def compute(self, *, only: str | None = None, progress: bool = True,
-                device: str | None = None) -> None:
+                device: str | None = None, executor: Executor | None = None) -> None:
+        from advguard.evaluation.executors import LocalExecutor
+
+        if executor is not None and not isinstance(executor, LocalExecutor):
+            raise ConfigError(f"experiment {self.name!r} is a sweep, computed in this process; "
+                              f"--executor {executor.name} applies to grid experiments "
+                              "(evaluations)")
         run_sweep(self.replace(device=device) if device else self, only=only, progress=progress)
 
     def report(self, *, plots_dir: str | Path | None = None) -> str:
