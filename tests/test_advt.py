@@ -293,6 +293,7 @@ def test_imitation_network_trains_and_serves_as_the_learned_surrogate(tmp_path: 
     history = result.record.history
     assert history[-1]["mse"] < history[0]["mse"]  # it learns something of g
     assert 0 <= result.record.final["test_acc"] <= 1  # f_a(h(x)) was measured
+    assert "train_acc" not in history[-1]  # h classifies nothing: no training accuracy
     h_path = tmp_path / "h" / "model.safetensors"
     defense = build_defense({"name": "advt", "f_b": str(f_b), "delta": 0.3, "steps": 2,
                              "random_start": False, "bpda": "learned",

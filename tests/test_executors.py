@@ -6,6 +6,7 @@ The Ray tests share one local Ray instance with 2 CPUs (module fixture), as CI h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -220,8 +221,8 @@ def test_killed_worker_chunk_is_redone(ray_executor: RayExecutor, tmp_path: Path
 def test_interrupted_driver_resumes(ray_executor: RayExecutor, tmp_path: Path,
                                     fmnist_model: nn.Module,
                                     fmnist_sample_test: ImageDataset) -> None:
-    data = _data(fmnist_sample_test, 40)
-    config = _config()
+    data = _data(fmnist_sample_test, 30)
+    config = _config(runs=1, defense={"name": "none"}, steps=[PGD])
     store = tmp_path / "ray.sqlite"
 
     def interrupt(chunk: int) -> None:
@@ -237,9 +238,59 @@ def test_interrupted_driver_resumes(ray_executor: RayExecutor, tmp_path: Path,
     computed: list[int] = []
     evaluate(config, store=store, model=fmnist_model, data=data, progress=False,
              executor=ray_executor, on_chunk=computed.append)
-    assert sorted(computed) == sorted(set(range(4)) - first)
+    assert sorted(computed) == sorted(set(range(3)) - first)
     local = evaluate(config, store=tmp_path / "local.sqlite", model=fmnist_model, data=data,
                      progress=False)
+    assert local.eval_id == eval_id
+    assert _records(store, eval_id) == _records(tmp_path / "local.sqlite", eval_id)
+
+
+_KILL_DRIVER = """
+import os, signal, sys
+from advguard.evaluation import EvalConfig, evaluate
+from advguard.evaluation.executors import RayExecutor
+
+def die(chunk):  # the first chunk is committed: the driver dies with chunks still on workers
+    os.kill(os.getpid(), signal.SIGKILL)
+
+evaluate(EvalConfig.from_file(sys.argv[1]), store=sys.argv[2], progress=False,
+         executor=RayExecutor(num_cpus=2), on_chunk=die)
+"""
+
+
+def test_killed_driver_resumes_from_the_store(ray_executor: RayExecutor, tmp_path: Path,
+                                              fmnist_model: nn.Module) -> None:
+    import signal
+    import subprocess
+
+    from advguard.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"model: {ckpt}\nn: 40\nbatch_size: 10\neps: 0.1\nruns: 2\nchecks: false\n"
+                   "device: cpu\ndefense: {name: gaussian_noise, sigma: 0.1}\n"
+                   "steps:\n  - {setting: adaptive, attack: pgd, steps: 3, alpha: 0.03, eot: 2}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    store = tmp_path / "killed.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_DRIVER, str(cfg), str(store)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:  # the killed driver's own Ray instance: its agents outlive it in its session
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    config = EvalConfig.from_file(cfg)
+    with RecordStore(store) as db:
+        (eval_id,) = db.evaluation_ids()
+        first = db.finished_chunks(eval_id)
+    assert len(first) == 1
+    computed: list[int] = []
+    evaluate(config, store=store, progress=False, executor=ray_executor,
+             on_chunk=computed.append)
+    assert sorted(computed) == sorted(set(range(4)) - first)
+    local = evaluate(config, store=tmp_path / "local.sqlite", progress=False)
     assert local.eval_id == eval_id
     assert _records(store, eval_id) == _records(tmp_path / "local.sqlite", eval_id)
 

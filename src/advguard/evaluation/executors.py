@@ -310,7 +310,7 @@ class RayExecutor(Executor):
                 yield result
         finally:
             for ref in pending:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)  # running chunks get KeyboardInterrupt; workers stay
 
     def _result(self, ref: Any, chunk: int) -> ChunkResult:
         from ray import exceptions as rx

@@ -520,14 +520,15 @@ class _Run:
                         f"saved{where}; run the same command again to resume")
         bar.close()
 
-    def _accumulate(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int,
+    def _accumulate(self, loss_sum: torch.Tensor, correct: torch.Tensor | None, n: int,
                     metrics: dict[str, torch.Tensor]) -> None:
         def add(key: str, value: torch.Tensor) -> None:
             value = value.detach().float().to(self.device)
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
 
         add("loss", loss_sum)
-        add("correct", correct)
+        if correct is not None:
+            add("correct", correct)
         add("n", torch.tensor(float(n)))
         for key, value in metrics.items():
             add(f"m_{key}", value * n)
@@ -539,8 +540,9 @@ class _Run:
             "epoch": self.epoch + 1,
             "lr": self.optimizer.param_groups[0]["base_lr"] * self.schedule.factor(self.epoch + 1),
             "train_loss": float(self.sums["loss"]) / n,
-            "train_acc": float(self.sums["correct"]) / n,
         }
+        if "correct" in self.sums:
+            row["train_acc"] = float(self.sums["correct"]) / n
         for key, value in self.sums.items():
             if key.startswith("m_"):
                 row[key[2:]] = float(value) / n

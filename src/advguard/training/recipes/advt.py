@@ -156,7 +156,7 @@ class AdvTImitate(AdvT):
         out = model(x)
         mse = F.mse_loss(out, gx)
         linf = (out.detach() - gx).flatten(1).abs().amax(1).mean()
-        return StepOutput(loss=mse, correct=torch.zeros((), device=x.device),
+        return StepOutput(loss=mse, correct=None,
                           metrics={"mse": mse.detach(), "linf": linf})
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:

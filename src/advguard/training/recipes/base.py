@@ -27,11 +27,13 @@ class StepOutput:
 
     ``loss``: scalar to back-propagate. ``correct``: number (possibly fractional, e.g. mixup's
     λ-weighted) of correctly classified training inputs in the batch, as a 0-dim tensor (no host
-    sync). ``metrics``: extra 0-dim tensors averaged over the epoch (e.g. ``adv_loss``).
+    sync); None for a recipe whose model classifies nothing (an imitation network): no training
+    accuracy is logged. ``metrics``: extra 0-dim tensors averaged over the epoch (e.g.
+    ``adv_loss``).
     """
 
     loss: torch.Tensor
-    correct: torch.Tensor
+    correct: torch.Tensor | None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
