@@ -326,6 +326,20 @@ def test_failing_chunk_fails_the_evaluation(ray_executor: RayExecutor, tmp_path:
     assert _records(store, local.eval_id) == (all_ex, all_out)
 
 
+def test_resources_no_node_has_are_one_error(ray_executor: RayExecutor, tmp_path: Path,
+                                             fmnist_model: nn.Module,
+                                             fmnist_sample_test: ImageDataset) -> None:
+    data = _data(fmnist_sample_test, 10)
+    config = _config(runs=1, defense={"name": "none"}, steps=[PGD])
+    for options, match in (({"gpus_per_task": 1}, r"1 GPU\(s\) \(--gpus-per-task\)"),
+                           ({"cpus_per_task": 3}, r"3 CPU\(s\).*more than 2")):
+        with pytest.raises(ConfigError, match=match):  # not a task queued forever
+            evaluate(config, store=tmp_path / "r.sqlite", model=fmnist_model, data=data,
+                     progress=False, executor=RayExecutor(**options))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        RayExecutor(address="no-port-here")
+
+
 def test_cli_eval_with_ray(ray_executor: RayExecutor, tmp_path: Path, fmnist_model: nn.Module,
                            capsys: pytest.CaptureFixture[str]) -> None:
     from advguard.checkpoint import save_checkpoint

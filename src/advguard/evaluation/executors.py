@@ -156,17 +156,22 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def check_reachable(address: str, timeout: float) -> None:
-    """Raise one :class:`ConfigError` unless a TCP connection to ``address`` (``HOST:PORT`` or
-    ``ray://HOST:PORT``) opens within ``timeout`` seconds — before Ray's own, much longer,
-    connection retries."""
+def _host_port(address: str) -> tuple[str, int]:
     hostport = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"Ray address must be HOST:PORT, ray://HOST:PORT or 'auto', got "
                           f"{address!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise one :class:`ConfigError` unless a TCP connection to ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) opens within ``timeout`` seconds — before Ray's own, much longer,
+    connection retries."""
+    host, port = _host_port(address)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
         raise ConfigError(f"cannot reach a Ray cluster at {address} within {timeout:g} s "
@@ -230,6 +235,8 @@ class RayExecutor(Executor):
         if num_cpus is not None and (address is not None or num_cpus < 1):
             raise ConfigError("ray executor: num_cpus (>= 1) applies to a local instance only "
                               "(no address)")
+        if address is not None and address != "auto":
+            _host_port(address)  # a malformed address is an error now, not at the first chunk
         self._ray = import_ray()
         self.address = address
         self.num_cpus = num_cpus
@@ -286,6 +293,7 @@ class RayExecutor(Executor):
             return
         ray = self._ray
         self.connect()
+        self._check_feasible()
         remote = ray.remote(_ray_compute).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
             max_retries=self.max_retries, retry_exceptions=False)
@@ -311,6 +319,17 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:
                 ray.cancel(ref)  # running chunks get KeyboardInterrupt; workers stay
+
+    def _check_feasible(self) -> None:
+        """One error, instead of tasks Ray would queue forever, when no node of the cluster has
+        the CPUs or GPUs a chunk asks for."""
+        nodes = [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
+        for key, need, flag in (("CPU", self.cpus_per_task, "--cpus-per-task"),
+                                ("GPU", self.gpus_per_task, "--gpus-per-task")):
+            most = max((float(r.get(key, 0.0)) for r in nodes), default=0.0)
+            if need > most:
+                raise ConfigError(f"each chunk asks for {need:g} {key}(s) ({flag}), but no node "
+                                  f"of the Ray cluster has more than {most:g}")
 
     def _result(self, ref: Any, chunk: int) -> ChunkResult:
         from ray import exceptions as rx
