@@ -182,8 +182,8 @@ def check_reachable(address: str, timeout: float) -> None:
 
 @contextlib.contextmanager
 def _stderr_to_file() -> Iterator[Path]:
-    """Send this process's file descriptor 2 to a temporary file while inside (the file's path
-    is yielded; the caller removes it)."""
+    """Send this process's file descriptor 2 to a temporary file while inside (its path is
+    yielded; the file is removed on exit)."""
     fd, name = tempfile.mkstemp(prefix="advguard-ray-", suffix=".log")
     sys.stderr.flush()
     saved = os.dup(2)
@@ -195,6 +195,7 @@ def _stderr_to_file() -> Iterator[Path]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(fd)
+        Path(name).unlink(missing_ok=True)
 
 
 def _ray_compute(job: ChunkJob, task: ChunkTask) -> ChunkResult:
@@ -259,17 +260,16 @@ class RayExecutor(Executor):
             kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
         else:
             kwargs["address"] = self.address
-        try:
-            with _stderr_to_file() as log:  # Ray's C++ client logs each retry to stderr
+        with _stderr_to_file() as log:  # Ray's C++ client logs each connection retry there
+            try:
                 ray.init(**kwargs)
-        except ConnectionError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            last = log.read_text(errors="replace").strip().splitlines()[-1:]
-            detail = f" (last message: {last[0].split('] ', 1)[-1][:200]})" if last else ""
-            raise ConfigError(f"cannot connect to a Ray cluster at {self.address}: {first}"
-                              f"{detail}") from None
-        finally:
-            log.unlink(missing_ok=True)
+            except (ConnectionError, RuntimeError) as exc:  # no cluster; a version mismatch
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                last = log.read_text(errors="replace").strip().splitlines()[-1:]
+                detail = f" (last message: {last[0].split('] ', 1)[-1][:200]})" if last else ""
+                where = f"a Ray cluster at {self.address}" if self.address else \
+                    "a local Ray instance"
+                raise ConfigError(f"cannot connect to {where}: {first}{detail}") from None
         self._owned = True
 
     def close(self) -> None:
