@@ -112,8 +112,12 @@ def test_registry_and_options() -> None:
         make_executor("inprocess")  # an alias: suggested, not accepted
     with pytest.raises(ConfigError, match="address"):
         make_executor("local", address="x:1")
-    with pytest.raises(ConfigError, match="gpus_per_task"):
-        RayExecutor(gpus_per_task=-1)
+    for bad in ({"gpus_per_task": -1}, {"gpus_per_task": float("nan")},
+                {"cpus_per_task": 0}, {"cpus_per_task": float("inf")}):
+        with pytest.raises(ConfigError, match="gpus_per_task"):
+            RayExecutor(**bad)
+    with pytest.raises(ConfigError, match="max_retries"):
+        RayExecutor(max_retries=-1)
     with pytest.raises(ConfigError, match="num_cpus"):
         RayExecutor(address="localhost:1", num_cpus=2)
 

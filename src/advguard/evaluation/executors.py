@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -227,10 +228,11 @@ class RayExecutor(Executor):
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
                  cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, max_retries: int = 3,
                  connect_timeout: float = 10.0) -> None:
-        if cpus_per_task <= 0 or gpus_per_task < 0:
+        if not (math.isfinite(cpus_per_task) and math.isfinite(gpus_per_task)
+                and cpus_per_task > 0 and gpus_per_task >= 0):
             raise ConfigError(f"ray executor: cpus_per_task must be > 0 and gpus_per_task >= 0, "
                               f"got {cpus_per_task} and {gpus_per_task}")
-        if max_retries < 0 or connect_timeout <= 0:
+        if max_retries < 0 or not (math.isfinite(connect_timeout) and connect_timeout > 0):
             raise ConfigError(f"ray executor: max_retries must be >= 0 and connect_timeout > 0, "
                               f"got {max_retries} and {connect_timeout}")
         if num_cpus is not None and (address is not None or num_cpus < 1):
