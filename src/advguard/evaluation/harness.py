@@ -365,11 +365,16 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         job = ChunkJob(config, model if ship_model else None, load_model,
                        os.getcwd(), f"{eval_id}/{uuid.uuid4().hex}", context=ctx)
         bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,
-                   dynamic_ncols=True, initial=sum(hi - lo for c, lo, hi in bounds if c in done))
+                   dynamic_ncols=True, unit="ex",
+                   initial=sum(hi - lo for c, lo, hi in bounds if c in done))
+        finished = n_chunks - len(tasks)
+        bar.set_postfix_str(f"chunks {finished}/{n_chunks}", refresh=False)
         try:
             for result in executor.map(job, tasks):
                 db.write_chunk(eval_id, result.chunk, result.examples, result.outcomes,
                                result.seconds, result.step_seconds)
+                finished += 1
+                bar.set_postfix_str(f"chunks {finished}/{n_chunks}", refresh=False)
                 bar.update(len(result.examples))
                 if on_chunk is not None:
                     on_chunk(result.chunk)
