@@ -11,7 +11,7 @@ from torch import nn
 
 from advguard.checkpoint import save_checkpoint
 from advguard.errors import ConfigError
-from advguard.evaluation import RecordStore, summarize
+from advguard.evaluation import RecordStore, evaluate, summarize
 from advguard.experiments import (
     EXPERIMENT_KINDS,
     GridExperiment,
@@ -110,7 +110,19 @@ def test_grid_cells_run_on_the_given_executor(tmp_path: Path, fmnist_model: nn.M
     executor = Counting()
     spec.run(only="tiny:none/*", progress=False, executor=executor)
     assert executor.chunks == [0, 0]  # two cells of one chunk each, computed by the executor
-    assert "2/3 cells evaluated" in spec.report()
+    assert "2/3 cells evaluated." in spec.report()
+
+    class Stop(Exception):
+        pass
+
+    def stop(chunk: int) -> None:
+        raise Stop
+
+    # an interrupted cell is counted apart, not as evaluated (its table entries are dashes)
+    with pytest.raises(Stop):
+        evaluate(expand(spec)[2].config, store=spec.store, progress=False, on_chunk=stop)
+    report = spec.report()
+    assert "2/3 cells evaluated (1 unfinished)." in report and "| unfinished |" in report
 
 
 def test_bad_experiment_files(tmp_path: Path) -> None:

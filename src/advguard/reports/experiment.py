@@ -126,13 +126,16 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
     from advguard.experiments.grid import collect
 
     results = collect(spec)
-    done = sum(s is not None for _, s in results)
+    done = sum(s is not None and s.complete for _, s in results)
+    unfinished = sum(s is not None and not s.complete for _, s in results)
     parts = [f"# {spec.name}", ""]
     if spec.description:
         parts += [spec.description, ""]
     if spec.paper:
         parts += [f"Paper: {spec.paper}", ""]
-    parts += [f"{spec.reproduce_line()} {done}/{len(results)} cells evaluated.", ""]
+    status = f"{done}/{len(results)} cells evaluated" + \
+        (f" ({unfinished} unfinished)" if unfinished else "")
+    parts += [f"{spec.reproduce_line()} {status}.", ""]
     parts += ["Numbers are accuracy in % on the evaluated examples; in parentheses, the paper's "
               "number for its own (larger-scale) setting.", ""]
     for table in spec.tables:
