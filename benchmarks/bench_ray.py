@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sqlite3
 import sys
 import tempfile
 import time
@@ -42,24 +41,14 @@ from advguard.utils import environment_info
 
 
 def records(path: Path, eval_id: str) -> tuple[list[Any], list[Any]]:
-    db = sqlite3.connect(str(path))
-    try:
-        ex = list(db.execute("SELECT example, label, clean_correct_runs, fooled_by FROM examples "
-                             "WHERE eval_id=? ORDER BY example", (eval_id,)))
-        out = list(db.execute("SELECT example, step, run, correct, distance, queries FROM "
-                              "outcomes WHERE eval_id=? ORDER BY example, step, run", (eval_id,)))
-    finally:
-        db.close()
-    return ex, out
+    with RecordStore(path) as store:
+        return store.examples(eval_id), store.outcomes(eval_id)
 
 
-def chunk_seconds(path: Path, eval_id: str) -> list[float]:
-    db = sqlite3.connect(str(path))
-    try:
-        return [float(r[0]) for r in db.execute("SELECT seconds FROM chunks WHERE eval_id=?",
-                                                (eval_id,))]
-    finally:
-        db.close()
+def chunk_seconds(path: Path, eval_id: str) -> float:
+    """Seconds spent in chunks where they ran (the evaluation runs no probes: checks off)."""
+    with RecordStore(path) as store:
+        return float(store.evaluation(eval_id)["seconds"])
 
 
 def main() -> int:
@@ -108,10 +97,10 @@ def main() -> int:
             for k in ("cold", "warm")]
     with RecordStore(tmp / "local.sqlite") as db:
         robust = sum(e.fooled_by is None for e in db.examples(eval_id)) / args.n
-    worker_chunk = chunk_seconds(tmp / "warm.sqlite", eval_id)
-    t = sum(worker_chunk) / len(worker_chunk)
-    overhead = (warm_s * args.workers - sum(worker_chunk)) / chunks
-    local_chunk = sum(chunk_seconds(tmp / "local.sqlite", eval_id)) / chunks
+    worker_total = chunk_seconds(tmp / "warm.sqlite", eval_id)
+    t = worker_total / chunks
+    overhead = (warm_s * args.workers - worker_total) / chunks
+    local_chunk = chunk_seconds(tmp / "local.sqlite", eval_id) / chunks
     env = environment_info(torch.device("cpu"))
 
     def expected(n: int) -> float:  # warm workers, start-up excluded

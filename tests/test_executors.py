@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -81,15 +80,8 @@ def ray_executor() -> Iterator[RayExecutor]:
 
 
 def _records(path: Path, eval_id: str) -> tuple[list[Any], list[Any]]:
-    db = sqlite3.connect(str(path))
-    try:
-        ex = list(db.execute("SELECT example, label, clean_correct_runs, fooled_by FROM examples "
-                             "WHERE eval_id=? ORDER BY example", (eval_id,)))
-        out = list(db.execute("SELECT example, step, run, correct, distance, queries FROM "
-                              "outcomes WHERE eval_id=? ORDER BY example, step, run", (eval_id,)))
-    finally:
-        db.close()
-    return ex, out
+    with RecordStore(path) as store:
+        return store.examples(eval_id), store.outcomes(eval_id)
 
 
 def _config(**kw: Any) -> EvalConfig:

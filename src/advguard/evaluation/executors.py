@@ -181,6 +181,11 @@ def check_reachable(address: str, timeout: float) -> None:
                           ) from None
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 @contextlib.contextmanager
 def _stderr_to_file() -> Iterator[Path]:
     """Send this process's file descriptor 2 to a temporary file while inside (its path is
@@ -266,7 +271,7 @@ class RayExecutor(Executor):
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError) as exc:  # no cluster; a version mismatch
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = _first_line(exc) or type(exc).__name__
                 last = log.read_text(errors="replace").strip().splitlines()[-1:]
                 detail = f" (last message: {last[0].split('] ', 1)[-1][:200]})" if last else ""
                 where = f"a Ray cluster at {self.address}" if self.address else \
@@ -352,7 +357,7 @@ class RayExecutor(Executor):
         except rx.TaskCancelledError:  # pragma: no cover - only when cancelled from outside
             raise AdvguardError(f"chunk {chunk} was cancelled on the Ray cluster") from None
         except rx.RayError as exc:  # a worker or node died more often than retried
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = _first_line(exc)
             raise WorkerLostError(
                 f"chunk {chunk}: its Ray worker died {self.max_retries + 1} time(s) "
                 f"({type(exc).__name__}{': ' + first if first else ''}); the finished chunks "

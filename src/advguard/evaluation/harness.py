@@ -112,6 +112,22 @@ class _Context:
     steps: tuple[StepSpec, ...]
 
 
+def _evaluated_model(config: EvalConfig, model: nn.Module | None,
+                     device: torch.device) -> nn.Module:
+    """The classifier to evaluate, on ``device`` in eval mode: a copy of the caller's ``model``
+    (whose device, mode and noise generators' states stay as they are), else the checkpoint
+    ``config.model``."""
+    from advguard.checkpoint import load_checkpoint
+
+    if model is None:
+        if not config.model:
+            raise ConfigError("the evaluation config names no model checkpoint")
+        model = load_checkpoint(config.model, device=device).model
+    else:
+        model = copy.deepcopy(model)
+    return model.to(device).eval()
+
+
 def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
                    load_model: Callable[[str], nn.Module] | None) -> _Context:
     """The defense around ``model`` (already on ``device``, eval mode) and the prepared cascade:
@@ -178,15 +194,10 @@ class ChunkJob:
             return self.context
         ctx = _WORKER_CONTEXTS.get(self.token)
         if ctx is None:
-            from advguard.checkpoint import load_checkpoint
-
             _WORKER_CONTEXTS.clear()
             device = resolve_device(self.config.device)
             with _working_directory(self.cwd):
-                if self.model is not None:
-                    model = self.model.to(device).eval()
-                else:
-                    model = load_checkpoint(self.config.model, device=device).model
+                model = _evaluated_model(self.config, self.model, device)
                 ctx = _build_context(self.config, model, device, self.load_model)
             _WORKER_CONTEXTS[self.token] = ctx
         return ctx
@@ -308,17 +319,9 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     (:mod:`advguard.evaluation.executors`; default: in this process). Records do not depend on
     the executor.
     """
-    from advguard.checkpoint import load_checkpoint
-
     device = resolve_device(config.device)
-    ship_model = model is not None  # workers get the caller's model; else they load config.model
-    if model is None:
-        if not config.model:
-            raise ConfigError("the evaluation config names no model checkpoint")
-        model = load_checkpoint(config.model, device=device).model
-    else:  # the caller's model keeps its device, mode and noise generators' states
-        model = copy.deepcopy(model)
-    model = model.to(device).eval()
+    given = model  # shipped to workers as is; without it, they load config.model themselves
+    model = _evaluated_model(config, given, device)
     if data is None:
         data = load_eval_data(config)
     check_images(data.images, name="evaluation images")
@@ -362,7 +365,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
                   for c in range(n_chunks)]
         tasks = [ChunkTask(c, data.images[lo:hi], data.labels[lo:hi], indices[lo:hi])
                  for c, lo, hi in bounds if c not in done]
-        job = ChunkJob(config, model if ship_model else None, load_model,
+        job = ChunkJob(config, given, load_model,
                        os.getcwd(), f"{eval_id}/{uuid.uuid4().hex}", context=ctx)
         bar = tqdm(total=len(data), desc=config.name or "evaluate", disable=not progress,
                    dynamic_ncols=True, unit="ex",

@@ -54,10 +54,10 @@ from advguard.configs import from_mapping
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalConfig, EvalSummary, RecordStore, evaluate
 from advguard.evaluation.harness import model_fingerprint
+from advguard.experiments.base import Experiment
 
 if TYPE_CHECKING:
     from advguard.evaluation.executors import Executor
-from advguard.experiments.base import Experiment
 
 METRICS = ("clean", "clean_worst", "robust")
 
