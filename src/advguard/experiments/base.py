@@ -36,6 +36,9 @@ class Experiment(ABC):
     then the kind's own fields."""
 
     kind: ClassVar[str]
+    #: whether ``compute`` runs its evaluations' chunks on a given executor (grid) or only in
+    #: this process (sweep)
+    uses_executor: ClassVar[bool] = True
 
     name: str
     description: str = ""
@@ -104,8 +107,18 @@ class Experiment(ABC):
         """Train the listed models if needed (here), then compute every missing unit (on
         ``executor``, default in this process). Resumable: an interrupted run continues where
         it stopped."""
+        self.check_executor(executor)  # before any training
         self.train_models(progress=progress, only=only)
         self.compute(only=only, progress=progress, device=device, executor=executor)
+
+    def check_executor(self, executor: Executor | None) -> None:
+        """One error when ``executor`` is not the in-process one and this kind cannot use it."""
+        from advguard.evaluation.executors import LocalExecutor
+
+        if executor is None or isinstance(executor, LocalExecutor) or self.uses_executor:
+            return
+        raise ConfigError(f"experiment {self.name!r} is a {self.kind}, computed in this process; "
+                          f"--executor {executor.name} applies to grid experiments (evaluations)")
 
     def references(self, only: str | None) -> str | None:
         """Text in which the selected units name the checkpoints they read (None: unknown, so

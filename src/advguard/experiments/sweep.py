@@ -71,6 +71,7 @@ class SweepExperiment(Experiment):
     names: ``<prefix>_m.png`` and ``<prefix>_sigma.png``; default the experiment's name)."""
 
     kind: ClassVar[str] = "sweep"
+    uses_executor: ClassVar[bool] = False
 
     models: Mapping[str, str] = field(default_factory=dict)
     sigmas: tuple[float, ...] = ()
@@ -137,12 +138,7 @@ class SweepExperiment(Experiment):
 
     def compute(self, *, only: str | None = None, progress: bool = True,
                 device: str | None = None, executor: Executor | None = None) -> None:
-        from advguard.evaluation.executors import LocalExecutor
-
-        if executor is not None and not isinstance(executor, LocalExecutor):
-            raise ConfigError(f"experiment {self.name!r} is a sweep, computed in this process; "
-                              f"--executor {executor.name} applies to grid experiments "
-                              "(evaluations)")
+        self.check_executor(executor)
         run_sweep(self.replace(device=device) if device else self, only=only, progress=progress)
 
     def report(self, *, plots_dir: str | Path | None = None) -> str:
