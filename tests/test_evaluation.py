@@ -203,6 +203,11 @@ def test_eval_config_validation(tmp_path: Path) -> None:
         StepSpec.from_dict({"attack": "pgd"})
     with pytest.raises(ConfigError, match="step target"):
         StepSpec.from_dict({"setting": "adaptive", "attack": "pgd", "target": "most_likely"})
+    # a targeted-only attack without a target fails when the config is read, not mid-experiment
+    with pytest.raises(ConfigError, match="genattack is targeted only"):
+        StepSpec.from_dict({"setting": "query", "attack": "genattack", "steps": 10})
+    assert StepSpec.from_dict({"setting": "query", "attack": "genattack",
+                               "target": "random"}).target == "random"
     step = StepSpec.from_dict({"setting": "adaptive", "attack": "pgd", "steps": 7})
     assert step.params == {"steps": 7} and step.display == "adaptive:pgd(steps=7)"
     path = tmp_path / "e.yaml"

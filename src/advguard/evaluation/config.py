@@ -60,6 +60,12 @@ class StepSpec:
         if self.eot < 1 or self.vote < 1:
             raise ConfigError(f"step {self.setting}:{self.attack}: eot and vote must be >= 1 (the "
                               f"number of draws), got eot={self.eot}, vote={self.vote}")
+        from advguard.attacks import ATTACKS
+
+        if (self.target is None and self.attack in ATTACKS
+                and ATTACKS.metadata(self.attack).get("targets") == "required"):
+            raise ConfigError(f"step {self.setting}:{self.attack}: {self.attack} is targeted only; "
+                              "give the step a target ('random' or 'least_likely')")
 
     @property
     def display(self) -> str:
