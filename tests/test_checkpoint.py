@@ -118,3 +118,24 @@ def test_state_round_trip_keeps_structure(tmp_path: Path) -> None:
 def test_metadata_must_be_json(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path / "m.safetensors", _model(), metadata={"t": torch.ones(1)})
+
+
+def test_git_commit_outside_a_checkout_reads_the_archived_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source tree exported with ``git archive`` (outside any checkout) still records the commit
+    it came from: ``export-subst`` stamps it into ``advguard/COMMIT``."""
+    import subprocess
+
+    from advguard import utils
+
+    def no_git(*args: object, **kwargs: object) -> None:
+        raise OSError("git: not a repository")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr(utils, "__file__", str(tmp_path / "utils.py"))
+    assert utils.git_commit() is None  # no COMMIT file
+    (tmp_path / "COMMIT").write_text("$Format:%H$\n")  # a checkout's copy: not substituted
+    assert utils.git_commit() is None
+    (tmp_path / "COMMIT").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    assert utils.git_commit() == "0123456789abcdef0123456789abcdef01234567"
+    assert utils.git_commit(tmp_path) is None  # another tree: no stamp of ours applies

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,9 +92,20 @@ def frozen_params(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+def _archived_commit() -> str | None:
+    """The commit ``git archive`` wrote into ``advguard/COMMIT`` (``export-subst`` in
+    ``.gitattributes``): a source tree exported from a commit still says which one it is."""
+    try:
+        text = (Path(__file__).resolve().parent / "COMMIT").read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{40}", text) else None
+
+
 def git_commit(path: str | Path | None = None) -> str | None:
     """The git commit of the advguard source tree (or ``path``), with ``-dirty`` when the tree has
-    uncommitted changes; ``None`` outside a checkout."""
+    uncommitted changes. Outside a checkout: for advguard's own tree, the commit that ``git
+    archive`` stamped into ``advguard/COMMIT`` when the tree was exported; otherwise ``None``."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -105,7 +117,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return _archived_commit() if path is None else None
     return f"{out}-dirty" if dirty else out
 
 
