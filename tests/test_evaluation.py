@@ -329,3 +329,29 @@ def test_the_val_split_is_the_training_runs_held_out_split() -> None:
                                             val_size=7, val_seed=9).identity("m")
     with pytest.raises(ConfigError, match="val_size must be >= 1"):
         EvalConfig(split="val", val_size=0)
+
+
+def test_query_setting_votes_consistently_on_a_randomized_defense(
+        tmp_path: Path, fmnist_model: nn.Module, fmnist_sample_test: ImageDataset) -> None:
+    """A decision-based attack on a randomized defense sees the step's vote, and a repeated query
+    gets the same answer: HopSkipJump re-queries its starting points and raised 'starting_points
+    are not adversarial' when each query drew a fresh vote."""
+    from advguard.attacks.foolbox_attacks import HopSkipJump
+    from advguard.defenses import build_defense
+    from advguard.evaluation.settings import prepare_step
+
+    defense = build_defense({"name": "gaussian_noise", "sigma": 0.3}, fmnist_model)
+    spec = StepSpec.from_dict({"setting": "query", "attack": "hsj", "steps": 1, "vote": 3})
+    prepared = prepare_step(spec, defense, norm="linf", eps=0.1, load_model=lambda p: fmnist_model)
+    assert isinstance(prepared.attack, HopSkipJump) and prepared.attack.vote_samples == 3
+    assert prepared.model is defense  # the attack votes (and remembers) itself
+    explicit = prepare_step(StepSpec.from_dict({"setting": "query", "attack": "hsj",
+                                                "vote_samples": 1, "vote": 7}),
+                            defense, norm="linf", eps=0.1, load_model=lambda p: fmnist_model)
+    assert explicit.attack.vote_samples == 1 and explicit.model is defense
+    summary = evaluate(EvalConfig(eps=0.1, device="cpu", runs=1, checks=False, preset="none",
+                                  defense={"name": "gaussian_noise", "sigma": 0.3},
+                                  steps=[spec.to_dict()]),
+                       store=tmp_path / "r.sqlite", model=fmnist_model,
+                       data=_data(fmnist_sample_test, 20), progress=False)
+    assert summary.robust_acc <= summary.clean_acc and summary.steps[-1].seconds > 0

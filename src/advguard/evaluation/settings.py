@@ -11,8 +11,9 @@ run and the model it is run against (house rule 2).
                 ``eot`` draws of its randomness where it is randomized
 ``transfer``    crafted on an independent source model (a checkpoint), then classified by the
                 defense
-``query``       score- or decision-based attacks on the defense's outputs only (majority vote
-                over draws for decision-based attacks on randomized defenses)
+``query``       score- or decision-based attacks on the defense's outputs only (on randomized
+                defenses, decision-based attacks see a majority vote over ``vote`` draws, a
+                repeated query answered with its first vote)
 ==============  ==========================================================================
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -120,8 +121,17 @@ class Query(Setting):
             raise ConfigError(f"step {spec.display}: the query setting takes score- or "
                               f"decision-based attacks; {spec.attack!r} is {kind!r}")
         model: nn.Module = defense
-        if kind == "decision" and defense.traits.randomized and spec.vote > 1:
-            model = MajorityVote(defense, spec.vote)
+        if kind == "decision" and defense.traits.randomized:
+            if "vote_samples" in {f.name for f in dataclasses.fields(attack)}:
+                # the attack takes the vote itself and answers a repeated query with its first
+                # vote: a vote re-drawn at a point on the decision boundary is a coin flip, and
+                # HopSkipJump asserts that the points it re-queries are still adversarial
+                # (an explicit 'vote_samples' among the attack's parameters wins over 'vote')
+                if "vote_samples" not in spec.params:
+                    votes: dict[str, Any] = {"vote_samples": spec.vote}
+                    attack = dataclasses.replace(attack, **votes)
+            elif spec.vote > 1:
+                model = MajorityVote(defense, spec.vote)
         return Prepared(spec, attack, model, False, None)
 
 
