@@ -274,6 +274,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_records_dump(args: argparse.Namespace) -> int:
+    from advguard.evaluation import RecordStore
+
+    if not Path(args.store).exists():
+        raise AdvguardError(f"record store not found: {args.store}")
+    with RecordStore(args.store) as store:
+        counts = store.dump(args.output)
+    print(f"wrote {args.output}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def cmd_records_load(args: argparse.Namespace) -> int:
+    from advguard.evaluation import RecordStore
+    from advguard.evaluation.store import read_records
+
+    read_records(Path(args.file))  # a bad file fails before the store is created
+    with RecordStore(args.store) as store:
+        added = store.load(args.file)
+    print(f"loaded {args.file} into {args.store}: added "
+          + ", ".join(f"{n} {t}" for t, n in added.items()))
+    return 0
+
+
 def cmd_experiment_list(args: argparse.Namespace) -> int:
     from advguard.experiments import list_experiments, load_experiment
 
@@ -451,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-line", action="store_true",
                    help="include the generating command in the report")
     p.set_defaults(func=cmd_report)
+
+    rec_sub = _group(sub, "records", help="move evaluation records between stores and files",
+                     description="Dump a record store to a JSON-lines file (text, diffable, "
+                     "for version control or another machine) and load such a file into a "
+                     "store; a loaded, unfinished evaluation resumes where it stopped.")
+    p = rec_sub.add_parser("dump", help="write every record of a store as JSON lines")
+    p.add_argument("--store", required=True, help="SQLite record store to read")
+    p.add_argument("--output", "-o", required=True,
+                   help="records file to write (a records file written before is replaced)")
+    p.set_defaults(func=cmd_records_dump)
+    p = rec_sub.add_parser("load", help="merge a records file into a store (finished work is "
+                                        "kept, never redone)")
+    p.add_argument("file", help="records file written by `advguard records dump`")
+    p.add_argument("--store", required=True, help="SQLite record store (created if missing)")
+    p.set_defaults(func=cmd_records_load)
 
     exp_sub = _group(sub, "experiment", help="run a paper table, figure or sweep",
                      description="Experiments are YAML files of a registered kind (grid: a "

@@ -18,6 +18,10 @@ Schema (one row per ...):
 Work is committed one chunk at a time in a single transaction, so an evaluation killed at any
 point (even ``kill -9``) loses at most the chunk in progress; re-running the same config skips
 the finished chunks. Results are written by the harness, and tables are generated from them.
+
+:meth:`RecordStore.dump` writes every row as JSON lines (text, in primary-key order) and
+:meth:`RecordStore.load` merges such a file into a store, so records move between machines and
+into version control, and an evaluation dumped midway resumes where it was loaded.
 """
 
 from __future__ import annotations
@@ -335,3 +339,158 @@ class RecordStore:
             for k, v in json.loads(raw).items():
                 totals[int(k)] = totals.get(int(k), 0.0) + float(v)
         return totals
+
+    # ------------------------------------------------------------------ moving records
+    def dump(self, path: str | Path) -> dict[str, int]:
+        """Write every record of this store to ``path`` as JSON lines (a header, then one row per
+        line, in primary-key order, so that two dumps of the same records are identical and a
+        dump under version control diffs row by row). Returns the rows written per table.
+        ``path`` is replaced only if it is a records file written before; see :meth:`load`."""
+        out = Path(path)
+        _check_records_target(out, self.path)
+        counts: dict[str, int] = {}
+        lines = [json.dumps({"format": RECORDS_FORMAT, "schema_version": SCHEMA_VERSION})]
+        for table, (columns, key) in _TABLES.items():
+            rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} "
+                                    f"ORDER BY {', '.join(key)}").fetchall()
+            counts[table] = len(rows)
+            lines.extend(json.dumps({"table": table, "row": dict(zip(columns, row))},
+                                    sort_keys=True) for row in rows)
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write the records file {out}: "
+                              f"{exc.strerror or exc}") from None
+        return counts
+
+    def load(self, path: str | Path) -> dict[str, int]:
+        """Merge the records of a file written by :meth:`dump` into this store, in one
+        transaction (a bad file changes nothing). Finished work is never redone or overwritten:
+        a chunk already here keeps its examples and outcomes, and an evaluation here keeps its
+        row unless the file finished it and this store did not. So an evaluation dumped midway
+        on one machine resumes on another after ``load``. Returns the rows added per table."""
+        tables = read_records(Path(path))
+        added = {t: 0 for t in _TABLES}
+        with self.transaction() as db:
+            for row in tables["evaluations"]:
+                local = db.execute("SELECT status FROM evaluations WHERE id=?",
+                                   (row["id"],)).fetchone()
+                if local is not None and not (row["status"] == "complete"
+                                              and local[0] != "complete"):
+                    continue
+                added["evaluations"] += 1
+                _insert(db, "evaluations", row, replace=local is not None)
+            done = {(e, c) for e, c in db.execute("SELECT eval_id, chunk FROM chunks")}
+            new_chunks = {(r["eval_id"], r["chunk"]) for r in tables["chunks"]} - done
+            new_examples = {(r["eval_id"], r["example"]) for r in tables["examples"]
+                            if (r["eval_id"], r["chunk"]) in new_chunks}
+            for table in ("steps", "flags", "units"):
+                for row in tables[table]:
+                    added[table] += _insert(db, table, row, replace=False)
+            for row in tables["chunks"]:
+                if (row["eval_id"], row["chunk"]) in new_chunks:
+                    added["chunks"] += _insert(db, "chunks", row, replace=True)
+            for table in ("examples", "outcomes"):
+                for row in tables[table]:
+                    if (row["eval_id"], row["example"]) in new_examples:
+                        added[table] += _insert(db, table, row, replace=True)
+        return added
+
+
+RECORDS_FORMAT = "advguard-records"
+
+# table -> (columns in schema order, primary key)
+_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "evaluations": (("id", "name", "config", "traits", "environment", "n", "runs", "status",
+                     "created", "updated", "seconds"), ("id",)),
+    "steps": (("eval_id", "step", "label", "setting", "white_box", "attack"),
+              ("eval_id", "step")),
+    "chunks": (("eval_id", "chunk", "n", "seconds", "step_seconds"), ("eval_id", "chunk")),
+    "examples": (("eval_id", "example", "chunk", "label", "clean_correct_runs", "fooled_by"),
+                 ("eval_id", "example")),
+    "outcomes": (("eval_id", "example", "step", "run", "correct", "distance", "queries"),
+                 ("eval_id", "example", "step", "run")),
+    "flags": (("eval_id", "flag", "step", "fired", "detail"), ("eval_id", "flag", "step")),
+    "units": (("experiment", "unit", "config_hash", "fingerprint", "environment", "seconds",
+               "created", "result"), ("experiment", "unit", "config_hash", "fingerprint")),
+}
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], *, replace: bool) -> int:
+    columns = _TABLES[table][0]
+    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    cur = db.execute(f"{verb} INTO {table} ({', '.join(columns)}) VALUES "
+                     f"({', '.join('?' * len(columns))})", [row[c] for c in columns])
+    return int(cur.rowcount > 0)
+
+
+def _check_records_target(out: Path, store: Path) -> None:
+    """A dump goes to a new file or replaces a records file; never the store, a directory, a
+    checkpoint or any other file."""
+    kind = file_kind(out)
+    if kind == "directory":
+        raise OutputError(f"cannot write the records to {out}: it is a directory; give a file "
+                          "name, e.g. records.jsonl")
+    if kind == "missing":
+        check_creatable(out, "the records file")
+        return
+    if out.resolve() == store.resolve():
+        raise OutputError(f"refusing to write the records over {out}: it is the record store "
+                          "they are read from")
+    if kind == "text" and out.stat().st_size > 0:
+        with out.open() as f:
+            first = f.readline()
+        try:
+            header = json.loads(first)
+        except ValueError:
+            header = None
+        if isinstance(header, dict) and header.get("format") == RECORDS_FORMAT:
+            return
+    if kind == "text" and out.stat().st_size == 0:
+        return
+    raise OutputError(f"refusing to replace {out}: it is not a records file advguard wrote; "
+                      "choose another file name")
+
+
+def read_records(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a records file, by table; a :class:`StoreError` naming the file and line for
+    anything else (a missing file, another format, a schema this advguard does not read, a
+    malformed or incomplete row)."""
+    kind = file_kind(path)
+    if kind == "missing":
+        raise StoreError(f"records file not found: {path}")
+    if kind != "text":
+        raise StoreError(f"{path} is not a records file (advguard records dump writes JSON "
+                         f"lines; this is {'a directory' if kind == 'directory' else kind})")
+    tables: dict[str, list[dict[str, Any]]] = {t: [] for t in _TABLES}
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                item = None
+            if number == 1:
+                if not (isinstance(item, dict) and item.get("format") == RECORDS_FORMAT):
+                    raise StoreError(f"{path} is not an advguard records file (its first line "
+                                     "is not the header advguard records dump writes)")
+                if item.get("schema_version") != SCHEMA_VERSION:
+                    raise StoreError(f"records file {path} has schema version "
+                                     f"{item.get('schema_version')}; this advguard reads "
+                                     f"version {SCHEMA_VERSION}")
+                continue
+            table = item.get("table") if isinstance(item, dict) else None
+            row = item.get("row") if isinstance(item, dict) else None
+            if table not in _TABLES or not isinstance(row, dict) or \
+                    any(c not in row for c in _TABLES[table][0]):
+                raise StoreError(f"{path}, line {number}: not a record row (expected "
+                                 "{\"table\": ..., \"row\": {...}} with every column)")
+            tables[table].append(row)
+    if not any(tables.values()) and path.stat().st_size == 0:
+        raise StoreError(f"{path} is empty, not a records file")
+    return tables

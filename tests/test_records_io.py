@@ -1,0 +1,179 @@
+"""Records moved between stores: `RecordStore.dump` / `load` and `advguard records`. A dump taken
+midway through an evaluation, loaded on another machine, resumes there without redoing a chunk."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from advguard.cli import main
+from advguard.data import ImageDataset, first_n
+from advguard.errors import OutputError, StoreError
+from advguard.evaluation import EvalConfig, RecordStore, evaluate
+
+PGD = {"setting": "adaptive", "attack": "pgd", "steps": 3, "alpha": 0.02, "eot": 2}
+
+
+def _config() -> EvalConfig:
+    return EvalConfig(name="noise", eps=0.05, batch_size=10, device="cpu", runs=2, checks=False,
+                      defense={"name": "gaussian_noise", "sigma": 0.1}, steps=[PGD])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(last: int):  # type: ignore[no-untyped-def]
+    def hook(chunk: int) -> None:
+        if chunk == last:
+            raise _Stop
+    return hook
+
+
+def _rows(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every record table, ignoring the evaluation's bookkeeping times."""
+    db = sqlite3.connect(str(path))
+    out = {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+           for t in ("steps", "examples", "outcomes", "flags", "units")}
+    out["chunks"] = sorted(db.execute("SELECT eval_id, chunk, n FROM chunks").fetchall())
+    out["evaluations"] = db.execute("SELECT id, name, config, n, runs, status "
+                                    "FROM evaluations").fetchall()
+    db.close()
+    return out
+
+
+@pytest.fixture
+def data(fmnist_sample_test: ImageDataset) -> ImageDataset:
+    return first_n(fmnist_sample_test, 30)
+
+
+def test_dump_then_load_reproduces_every_record(tmp_path: Path, fmnist_model: nn.Module,
+                                                data: ImageDataset) -> None:
+    a, b, file = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "r.jsonl"
+    evaluate(_config(), store=a, model=fmnist_model, data=data, progress=False)
+    with RecordStore(a) as store:
+        counts = store.dump(file)
+    assert counts["chunks"] == 3 and counts["examples"] == 30 and counts["outcomes"] > 0
+    with RecordStore(b) as store:
+        added = store.load(file)
+    assert added["examples"] == 30 and added["evaluations"] == 1
+    assert _rows(b) == _rows(a)
+    # The dump is deterministic: a second dump of the loaded store is the same text.
+    with RecordStore(b) as store:
+        store.dump(tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_text() == file.read_text()
+    # Loading again adds nothing.
+    with RecordStore(b) as store:
+        assert sum(store.load(file).values()) == 0
+    assert _rows(b) == _rows(a)
+
+
+def test_a_dump_taken_midway_resumes_on_another_store(tmp_path: Path, fmnist_model: nn.Module,
+                                                      data: ImageDataset) -> None:
+    first, second, fresh = (tmp_path / f"{n}.sqlite" for n in ("first", "second", "fresh"))
+    with pytest.raises(_Stop):  # the first machine stops after chunk 0 is committed
+        evaluate(_config(), store=first, model=fmnist_model, data=data, progress=False,
+                 on_chunk=_stop_after(0))
+    with RecordStore(first) as store:
+        store.dump(tmp_path / "partial.jsonl")
+    with RecordStore(second) as store:
+        store.load(tmp_path / "partial.jsonl")
+    computed: list[int] = []
+    resumed = evaluate(_config(), store=second, model=fmnist_model, data=data, progress=False,
+                       on_chunk=computed.append)
+    assert computed == [1, 2]  # chunk 0 came with the file
+    whole = evaluate(_config(), store=fresh, model=fmnist_model, data=data, progress=False)
+    assert resumed.eval_id == whole.eval_id and resumed.complete
+    assert resumed.robust_acc == whole.robust_acc
+    got, want = _rows(second), _rows(fresh)
+    for table in ("examples", "outcomes", "chunks", "steps", "evaluations"):
+        assert got[table] == want[table], table
+
+
+def test_load_keeps_finished_work_and_finishes_unfinished(tmp_path: Path, fmnist_model: nn.Module,
+                                                          data: ImageDataset) -> None:
+    partial, whole = tmp_path / "partial.sqlite", tmp_path / "whole.sqlite"
+    with pytest.raises(_Stop):
+        evaluate(_config(), store=partial, model=fmnist_model, data=data, progress=False,
+                 on_chunk=_stop_after(1))
+    summary = evaluate(_config(), store=whole, model=fmnist_model, data=data, progress=False)
+    with RecordStore(partial) as store:
+        store.dump(tmp_path / "partial.jsonl")
+    with RecordStore(whole) as store:
+        store.dump(tmp_path / "whole.jsonl")
+    before = _rows(whole)
+    with RecordStore(whole) as store:  # a stale partial dump changes nothing in a finished store
+        assert sum(store.load(tmp_path / "partial.jsonl").values()) == 0
+    assert _rows(whole) == before
+    with RecordStore(partial) as store:  # the finished dump completes the partial store
+        added = store.load(tmp_path / "whole.jsonl")
+        assert added["chunks"] == 1 and added["examples"] == 10 and added["evaluations"] == 1
+        assert store.evaluation(summary.eval_id)["status"] == "complete"
+    assert _rows(partial) == before
+
+
+def test_bad_records_files_are_refused_and_change_nothing(tmp_path: Path, fmnist_model: nn.Module,
+                                                          data: ImageDataset) -> None:
+    store_path, good = tmp_path / "s.sqlite", tmp_path / "good.jsonl"
+    evaluate(_config(), store=store_path, model=fmnist_model, data=data, progress=False)
+    with RecordStore(store_path) as store:
+        store.dump(good)
+    lines = good.read_text().splitlines()
+    target = tmp_path / "target.sqlite"
+    cases = {
+        "missing.jsonl": (None, "records file not found"),
+        "text.jsonl": ("hello\n", "not an advguard records file"),
+        "empty.jsonl": ("", "not a records file"),
+        "version.jsonl": (json.dumps({"format": "advguard-records", "schema_version": 99}) + "\n",
+                          "schema version 99"),
+        "row.jsonl": ("\n".join([*lines[:5], '{"table": "outcomes", "row": {"eval_id": 1}}',
+                                 *lines[5:]]) + "\n", "line 6: not a record row"),
+        "json.jsonl": ("\n".join([*lines[:3], "{oops"]) + "\n", "line 4: not a record row"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with RecordStore(target) as store, pytest.raises(StoreError, match=message):
+            store.load(path)
+        with RecordStore(target) as store:
+            assert store.evaluation_ids() == [], name  # nothing half-loaded
+    with RecordStore(target) as store, pytest.raises(StoreError, match="not a records file"):
+        store.load(store_path)  # the SQLite store itself
+
+
+def test_dump_refuses_to_replace_what_it_did_not_write(tmp_path: Path) -> None:
+    store_path = tmp_path / "s.sqlite"
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    with RecordStore(store_path) as store:
+        for target, message in ((notes, "not a records file advguard wrote"),
+                                (store_path, "it is the record store"),
+                                (tmp_path, "it is a directory")):
+            with pytest.raises(OutputError, match=message):
+                store.dump(target)
+        store.dump(tmp_path / "r.jsonl")
+        store.dump(tmp_path / "r.jsonl")  # its own file is replaced
+    assert notes.read_text() == "my notes\n"
+
+
+def test_records_cli(tmp_path: Path, fmnist_model: nn.Module, data: ImageDataset,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, file = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "r.jsonl"
+    evaluate(_config(), store=a, model=fmnist_model, data=data, progress=False)
+    assert main(["records", "dump", "--store", str(a), "-o", str(file)]) == 0
+    assert "30 examples" in capsys.readouterr().out
+    assert main(["records", "load", str(file), "--store", str(b)]) == 0
+    assert "added 1 evaluations" in capsys.readouterr().out
+    assert _rows(b) == _rows(a)
+    assert main(["records", "dump", "--store", str(tmp_path / "none.sqlite"), "-o",
+                 str(tmp_path / "x.jsonl")]) == 2
+    assert "record store not found" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("nope\n")
+    assert main(["records", "load", str(tmp_path / "bad.jsonl"), "--store",
+                 str(tmp_path / "c.sqlite")]) == 2
+    assert "not an advguard records file" in capsys.readouterr().err
+    assert not (tmp_path / "c.sqlite").exists()  # a bad file creates no store
