@@ -132,6 +132,11 @@ def test_bad_records_files_are_refused_and_change_nothing(tmp_path: Path, fmnist
         "row.jsonl": ("\n".join([*lines[:5], '{"table": "outcomes", "row": {"eval_id": 1}}',
                                  *lines[5:]]) + "\n", "line 6: not a record row"),
         "json.jsonl": ("\n".join([*lines[:3], "{oops"]) + "\n", "line 4: not a record row"),
+        "type.jsonl": ("\n".join([lines[0], lines[1].replace('"n": 30', '"n": "30"'),
+                                  *lines[2:]]) + "\n",
+                       'line 2: evaluations row has a bad n = "30"'),
+        "config.jsonl": ("\n".join([lines[0], lines[1].replace('"config": "{', '"config": "{{')])
+                         + "\n", "line 2: evaluations row has a bad config"),
     }
     for name, (text, message) in cases.items():
         path = tmp_path / name

@@ -350,7 +350,7 @@ class RecordStore:
         _check_records_target(out, self.path)
         counts: dict[str, int] = {}
         lines = [json.dumps({"format": RECORDS_FORMAT, "schema_version": SCHEMA_VERSION})]
-        for table, (columns, key) in _TABLES.items():
+        for table, (columns, key, _) in _TABLES.items():
             rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} "
                                     f"ORDER BY {', '.join(key)}").fetchall()
             counts[table] = len(rows)
@@ -403,21 +403,48 @@ class RecordStore:
 
 RECORDS_FORMAT = "advguard-records"
 
-# table -> (columns in schema order, primary key)
-_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+# table -> (columns in schema order, primary key, column types: i integer, f real, t text,
+# j JSON-encoded text, i? integer or null)
+_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "evaluations": (("id", "name", "config", "traits", "environment", "n", "runs", "status",
-                     "created", "updated", "seconds"), ("id",)),
+                     "created", "updated", "seconds"), ("id",), "t t j j j i i t f f f"),
     "steps": (("eval_id", "step", "label", "setting", "white_box", "attack"),
-              ("eval_id", "step")),
-    "chunks": (("eval_id", "chunk", "n", "seconds", "step_seconds"), ("eval_id", "chunk")),
+              ("eval_id", "step"), "t i t t i j"),
+    "chunks": (("eval_id", "chunk", "n", "seconds", "step_seconds"), ("eval_id", "chunk"),
+               "t i i f j"),
     "examples": (("eval_id", "example", "chunk", "label", "clean_correct_runs", "fooled_by"),
-                 ("eval_id", "example")),
+                 ("eval_id", "example"), "t i i i i i?"),
     "outcomes": (("eval_id", "example", "step", "run", "correct", "distance", "queries"),
-                 ("eval_id", "example", "step", "run")),
-    "flags": (("eval_id", "flag", "step", "fired", "detail"), ("eval_id", "flag", "step")),
+                 ("eval_id", "example", "step", "run"), "t i i i i f f"),
+    "flags": (("eval_id", "flag", "step", "fired", "detail"), ("eval_id", "flag", "step"),
+              "t t i i t"),
     "units": (("experiment", "unit", "config_hash", "fingerprint", "environment", "seconds",
-               "created", "result"), ("experiment", "unit", "config_hash", "fingerprint")),
+               "created", "result"), ("experiment", "unit", "config_hash", "fingerprint"),
+              "t t t t j f f j"),
 }
+
+
+def _bad_column(table: str, row: dict[str, Any]) -> str | None:
+    """The first column of ``row`` whose value has the wrong type (``'n = "abc"'``), or None."""
+    columns, _, types = _TABLES[table]
+    for column, kind in zip(columns, types.split()):
+        value = row[column]
+        if kind == "i?" and value is None:
+            continue
+        if kind in ("i", "i?"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "f":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+            if ok and kind == "j":
+                try:
+                    json.loads(value)
+                except ValueError:
+                    ok = False
+        if not ok:
+            return f"{column} = {json.dumps(value)[:60]}"
+    return None
 
 
 def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], *, replace: bool) -> int:
@@ -490,6 +517,9 @@ def read_records(path: Path) -> dict[str, list[dict[str, Any]]]:
                     any(c not in row for c in _TABLES[table][0]):
                 raise StoreError(f"{path}, line {number}: not a record row (expected "
                                  "{\"table\": ..., \"row\": {...}} with every column)")
+            bad = _bad_column(table, row)
+            if bad:
+                raise StoreError(f"{path}, line {number}: {table} row has a bad {bad}")
             tables[table].append(row)
     if not any(tables.values()) and path.stat().st_size == 0:
         raise StoreError(f"{path} is empty, not a records file")
