@@ -82,6 +82,9 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
            f"{100 * none_01.robust_acc:.1f} (12.5) |" in report
     assert f"| none/0.05 | {100 * by_name['tiny:none/0.05'].clean_acc:.1f} |" in report
     assert (tmp_path / "plots" / "eps.png").stat().st_size > 1000
+    from advguard.evaluation import model_fingerprint
+
+    assert f"`{ckpt}`: {model_fingerprint(fmnist_model)}" in report  # which weights were measured
     bits = by_name["tiny:bits2/0.1"]  # the per-cell summary names the strongest step
     from advguard.stats import accuracy_interval
 

@@ -154,6 +154,11 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
     if envs:
         parts += ["Machines and commits: " + "; ".join(f"{d} @ {c}" for d, c in sorted(
             envs, key=str)), ""]
+    models = {(str(s.config.get("model")), s.environment.get("model_fingerprint"))
+              for _, s in results if s is not None and s.environment.get("model_fingerprint")}
+    if models:
+        parts += ["Model weights (path: fingerprint of the weights evaluated): " + "; ".join(
+            f"`{m}`: {f}" for m, f in sorted(models, key=str)), ""]
     seconds = sum(s.seconds for _, s in results if s is not None)
     if done:
         parts += [f"Total evaluation time: {seconds / 60:.1f} min.", ""]
