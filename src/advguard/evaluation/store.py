@@ -350,12 +350,16 @@ class RecordStore:
         _check_records_target(out, self.path)
         counts: dict[str, int] = {}
         lines = [json.dumps({"format": RECORDS_FORMAT, "schema_version": SCHEMA_VERSION})]
-        for table, (columns, key, _) in _TABLES.items():
-            rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} "
-                                    f"ORDER BY {', '.join(key)}").fetchall()
-            counts[table] = len(rows)
-            lines.extend(json.dumps({"table": table, "row": dict(zip(columns, row))},
-                                    sort_keys=True) for row in rows)
+        self._db.execute("BEGIN")  # one snapshot of every table, while evaluations keep writing
+        try:
+            for table, (columns, key, _) in _TABLES.items():
+                rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} "
+                                        f"ORDER BY {', '.join(key)}").fetchall()
+                counts[table] = len(rows)
+                lines.extend(json.dumps({"table": table, "row": dict(zip(columns, row))},
+                                        sort_keys=True) for row in rows)
+        finally:
+            self._db.execute("COMMIT")
         tmp = out.with_name(f".{out.name}.tmp")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
