@@ -182,3 +182,46 @@ def test_records_cli(tmp_path: Path, fmnist_model: nn.Module, data: ImageDataset
                  str(tmp_path / "c.sqlite")]) == 2
     assert "not an advguard records file" in capsys.readouterr().err
     assert not (tmp_path / "c.sqlite").exists()  # a bad file creates no store
+
+
+def test_a_dump_is_one_snapshot_while_an_evaluation_writes(
+        tmp_path: Path, fmnist_model: nn.Module, data: ImageDataset) -> None:
+    """A chunk committed by another process between the dump's table reads is either wholly in
+    the dump or wholly out of it (here: out), never examples without their chunk."""
+    path = tmp_path / "s.sqlite"
+    with pytest.raises(_Stop):
+        evaluate(_config(), store=path, model=fmnist_model, data=data, progress=False,
+                 on_chunk=_stop_after(0))
+    with RecordStore(path) as donor:  # records of chunk 1, to be written mid-dump
+        eval_id = donor.evaluation_ids()[0]
+    done = tmp_path / "done.sqlite"
+    evaluate(_config(), store=done, model=fmnist_model, data=data, progress=False)
+    with RecordStore(done) as full:
+        examples = [e for e in full.examples(eval_id) if 10 <= e.example < 20]
+        outcomes = [o for o in full.outcomes(eval_id) if 10 <= o.example < 20]
+        first_outcomes = len([o for o in full.outcomes(eval_id) if o.example < 10])
+
+    class Proxy:  # the store's connection, with another writer striking after the chunks read
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db, self.struck = db, False
+
+        def execute(self, sql: str, *args: object):  # type: ignore[no-untyped-def]
+            result = self.db.execute(sql, *args)
+            if "FROM chunks" in sql and not self.struck:
+                self.struck = True
+                with RecordStore(path) as writer:
+                    writer.write_chunk(eval_id, 1, examples, outcomes, 1.0, {0: 1.0})
+            return result
+
+    with RecordStore(path) as store:
+        db, proxy = store._db, Proxy(store._db)
+        store._db = proxy  # type: ignore[assignment]
+        try:
+            counts = store.dump(tmp_path / "r.jsonl")
+        finally:
+            store._db = db
+    assert proxy.struck
+    assert counts["chunks"] == 1 and counts["examples"] == 10
+    assert counts["outcomes"] == first_outcomes > 0 and outcomes
+    with RecordStore(path) as store:  # the write itself went through
+        assert store.finished_chunks(eval_id) == {0, 1}
