@@ -126,6 +126,10 @@ def test_grid_cells_run_on_the_given_executor(tmp_path: Path, fmnist_model: nn.M
         evaluate(expand(spec)[2].config, store=spec.store, progress=False, on_chunk=stop)
     report = spec.report()
     assert "2/3 cells evaluated (1 unfinished)." in report and "| unfinished |" in report
+    # its partial number is marked and says over how many examples it was taken
+    n = expand(spec)[2].config.n
+    assert f"(bits2/0.1: {n} of {n}); the run command resumes it." in report
+    assert report.count(" † |") == 2  # its entry in the robust and in the clean table
 
 
 def test_bad_experiment_files(tmp_path: Path) -> None:
@@ -360,7 +364,7 @@ def test_a_table_cell_shows_an_evaluated_cell_whatever_the_order() -> None:
     from advguard.reports.experiment import grid_table
 
     table = TableSpec(title="clean", rows=("defense",), metric="clean")
-    done = SimpleNamespace(clean_acc=0.905)
+    done = SimpleNamespace(clean_acc=0.905, complete=True, n=200)
     cells = [Cell(labels={"defense": "ADD", "attack": a}, config=None)  # type: ignore[arg-type]
              for a in ("PGD", "C&W")]
     for results in ([(cells[0], done), (cells[1], None)], [(cells[0], None), (cells[1], done)]):

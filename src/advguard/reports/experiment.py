@@ -43,6 +43,7 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
     row_keys: list[str] = []
     col_keys: list[str] = []
     values: dict[tuple[str, str], float | None] = {}
+    partial: dict[tuple[str, str], str] = {}  # unfinished cells: "N of M examples"
     for cell, summary in results:
         r, c = cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
         if r not in row_keys:
@@ -51,6 +52,8 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
             col_keys.append(c)
         if values.get((r, c)) is None:
             values[(r, c)] = None if summary is None else metric_value(summary, table.metric)
+            if summary is not None and not summary.complete and summary.n:
+                partial[(r, c)] = f"{summary.n} of {cell.config.n}"
     header = ["/".join(table.rows) or "setting", *col_keys]
     rows: list[list[str]] = []
     for r in row_keys:
@@ -58,9 +61,15 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
         for c in col_keys:
             key = r if not table.cols else f"{r}/{c}"
             paper = table.paper.get(key)
-            cells.append(_format(values.get((r, c)), paper) if (r, c) in values else "")
+            text = _format(values.get((r, c)), paper) if (r, c) in values else ""
+            cells.append(f"{text} †" if (r, c) in partial else text)
         rows.append([r, *cells])
-    return render_table(header, rows, fmt="markdown")
+    out = render_table(header, rows, fmt="markdown")
+    if partial:
+        out += "\n\n† unfinished: over the examples evaluated so far (" + "; ".join(
+            f"{'/'.join(k for k in (r, c) if k != table.metric)}: {done}"
+            for (r, c), done in partial.items()) + "); the run command resumes it."
+    return out
 
 
 def grid_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
