@@ -289,9 +289,9 @@ def cmd_records_load(args: argparse.Namespace) -> int:
     from advguard.evaluation import RecordStore
     from advguard.evaluation.store import read_records
 
-    read_records(Path(args.file))  # a bad file fails before the store is created
+    tables = read_records(Path(args.file))  # a bad file fails before the store is created
     with RecordStore(args.store) as store:
-        added = store.load(args.file)
+        added = store.merge(tables)
     print(f"loaded {args.file} into {args.store}: added "
           + ", ".join(f"{n} {t}" for t, n in added.items()))
     return 0

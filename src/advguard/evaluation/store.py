@@ -377,7 +377,10 @@ class RecordStore:
         a chunk already here keeps its examples and outcomes, and an evaluation here keeps its
         row unless the file finished it and this store did not. So an evaluation dumped midway
         on one machine resumes on another after ``load``. Returns the rows added per table."""
-        tables = read_records(Path(path))
+        return self.merge(read_records(Path(path)))
+
+    def merge(self, tables: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+        """:meth:`load` for rows already read and checked by :func:`read_records`."""
         added = {t: 0 for t in _TABLES}
         with self.transaction() as db:
             for row in tables["evaluations"]:
