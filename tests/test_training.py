@@ -88,10 +88,15 @@ def test_ctrl_c_saves_state_and_resumes(tmp_path: Path, monkeypatch: pytest.Monk
         return original(self, model, x, y, generator=generator)
 
     monkeypatch.setattr(cls, "loss", interrupting)
-    with pytest.raises(TrainingInterrupted, match="resume"):
-        train(TINY, output_dir=tmp_path, progress=False)
+    # a known handler to restore: a job started in the background (nohup, `&`) inherits SIG_IGN
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(TrainingInterrupted, match="resume"):
+            train(TINY, output_dir=tmp_path, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     monkeypatch.setattr(cls, "loss", original)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     resumed = train(TINY, output_dir=tmp_path, progress=False)
     assert resumed.record.resumed_from == {"epoch": 0, "step": 3}
     assert _same(_weights(resumed.model), _weights(reference.model))
