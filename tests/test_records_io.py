@@ -3,6 +3,7 @@ midway through an evaluation, loaded on another machine, resumes there without r
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def test_bad_records_files_are_refused_and_change_nothing(tmp_path: Path, fmnist
         "type.jsonl": ("\n".join([lines[0], lines[1].replace('"n": 30', '"n": "30"'),
                                   *lines[2:]]) + "\n",
                        'line 2: evaluations row has a bad n = "30"'),
+        "nan.jsonl": ("\n".join([lines[0], re.sub(r'"seconds": [0-9.e+-]+', '"seconds": NaN',
+                                                   lines[1]), *lines[2:]]) + "\n",
+                      "line 2: evaluations row has a bad seconds = NaN"),
         "config.jsonl": ("\n".join([lines[0], lines[1].replace('"config": "{', '"config": "{{')])
                          + "\n", "line 2: evaluations row has a bad config"),
     }

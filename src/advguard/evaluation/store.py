@@ -27,6 +27,7 @@ into version control, and an evaluation dumped midway resumes where it was loade
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -440,8 +441,9 @@ def _bad_column(table: str, row: dict[str, Any]) -> str | None:
             continue
         if kind in ("i", "i?"):
             ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind == "f":
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif kind == "f":  # JSON lets NaN and Infinity through; no record holds either
+            ok = isinstance(value, int | float) and not isinstance(value, bool) \
+                and math.isfinite(value)
         else:
             ok = isinstance(value, str)
             if ok and kind == "j":
