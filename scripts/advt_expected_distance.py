@@ -19,35 +19,44 @@ from pathlib import Path
 
 import torch
 
-from _common import provenance, write_report
+from _common import positive_float, positive_int, provenance, run, write_report
 from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
 from advguard.defenses.adv_transform import AdvTransform, expected_distance
 
 
+def label_path(text: str) -> tuple[str, str]:
+    """An argparse type for ``--f_b``: ``LABEL=PATH``, both non-empty."""
+    label, sep, path = text.partition("=")
+    if not (sep and label.strip() and path.strip()):
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    return label, path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--f_b", action="append", required=True, metavar="LABEL=PATH")
-    p.add_argument("--delta", type=float, default=0.3)
-    p.add_argument("--steps", type=int, default=13)
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--f_b", action="append", required=True, metavar="LABEL=PATH",
+                   type=label_path)
+    p.add_argument("--delta", type=positive_float, default=0.3)
+    p.add_argument("--steps", type=positive_int, default=13)
+    p.add_argument("--samples", type=positive_int, default=500)
+    p.add_argument("--n", type=positive_int, default=200)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     data = first_n(load_dataset(args.dataset, "test"), args.n)
     rows = []
-    for item in args.f_b:
-        label, _, path = item.partition("=")
+    for label, path in args.f_b:
         started = time.perf_counter()
         f_b = load_checkpoint(path).model
         g = AdvTransform(f_b=f_b, delta=args.delta, steps=args.steps, seed=args.seed)
         with torch.no_grad():
             acc = float((f_b(data.images).argmax(1) == data.labels).float().mean())
         dist = expected_distance(g, data.images, args.samples,
-                                 generator=torch.Generator().manual_seed(args.seed))
-        rows.append((label, acc, float(dist.mean()), float(dist.std()),
+                                 generator=torch.Generator().manual_seed(args.seed),
+                                 progress=True)
+        rows.append((label, acc, float(dist.mean()), float(dist.std()) if dist.numel() > 1 else 0.0,
                      time.perf_counter() - started))
         print(f"{label}: f_b clean {100 * acc:.1f}%, ||x - E g(x)||_inf {rows[-1][2]:.3f} "
               f"(sd {rows[-1][3]:.3f}) in {rows[-1][4]:.0f} s", flush=True)
@@ -65,4 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

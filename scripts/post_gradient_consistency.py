@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from _common import provenance, write_report
+from _common import positive_float, positive_int, provenance, run, write_report
 from advguard.checkpoint import load_checkpoint
 from advguard.data import load_dataset
 from advguard.defenses import PostTrain
@@ -91,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--n", type=int, default=100, help="images for the true and ZOO gradients")
-    p.add_argument("--n-opt", type=int, default=20, help="images for the Opt-attack estimate")
-    p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--neighbour-alpha", type=float, default=0.125)
-    p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--per-class", type=int, default=32)
+    p.add_argument("--n", type=positive_int, default=100,
+                   help="images for the true and ZOO gradients")
+    p.add_argument("--n-opt", type=positive_int, default=20,
+                   help="images for the Opt-attack estimate")
+    p.add_argument("--eps", type=positive_float, default=0.1)
+    p.add_argument("--neighbour-alpha", type=positive_float, default=0.125)
+    p.add_argument("--iterations", type=positive_int, default=20)
+    p.add_argument("--per-class", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
@@ -162,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _common import provenance, write_report
+from _common import positive_float, positive_int, provenance, run, write_report
 from advguard.attacks import PGD
 from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--attack-steps", type=int, default=20)
-    p.add_argument("--attack-alpha", type=float, default=0.0375, help="paper: 3/255 x scale")
-    p.add_argument("--neighbour-steps", type=int, default=20)
-    p.add_argument("--neighbour-alpha", type=float, default=0.125)
-    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--n", type=positive_int, default=1000)
+    p.add_argument("--eps", type=positive_float, default=0.1)
+    p.add_argument("--attack-steps", type=positive_int, default=20)
+    p.add_argument("--attack-alpha", type=positive_float, default=0.0375,
+                   help="paper: 3/255 x scale")
+    p.add_argument("--neighbour-steps", type=positive_int, default=20)
+    p.add_argument("--neighbour-alpha", type=positive_float, default=0.125)
+    p.add_argument("--batch", type=positive_int, default=250)
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     model = load_checkpoint(args.model).model.eval()
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     y1 = model(adv).argmax(1)
                 y2, _ = find_neighbours(model, adv, y1, eps=args.eps, alpha=args.neighbour_alpha,
-                                        steps=args.neighbour_steps, search=search)  # type: ignore[arg-type]
+                                        steps=args.neighbour_steps, search=search)
                 counts += torch.tensor([float((y1 == y).sum()), float((y2 == y).sum()),
                                         float(((y1 == y) | (y2 == y)).sum()),
                                         float((y2 == y1).sum())])
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -331,14 +331,19 @@ def _probe(f_b: nn.Module, h: nn.Module | None, model: nn.Module | None) -> None
 
 
 def expected_distance(transform: AdvTransform, x: torch.Tensor, samples: int, *,
-                      generator: torch.Generator, batch: int = 50) -> torch.Tensor:
+                      generator: torch.Generator, batch: int = 50,
+                      progress: bool = False) -> torch.Tensor:
     """``‖x − E g(x)‖∞`` per example (AdvT's Table 1, third row; Fig. 4): how far the expected
     transformation lies from the input, ``E g`` estimated over ``samples`` random starts.
     Returns a (N,) tensor; ``batch`` examples are transformed at a time (each ``samples``
-    times, in chunks of 64 copies)."""
+    times, in chunks of 64 copies); ``progress`` shows a bar over the examples."""
+    from tqdm.auto import tqdm
+
     out = []
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
-        mean = transform.expected(xb, samples, generator=generator)
-        out.append((mean - xb).flatten(1).abs().amax(1))
+    with tqdm(total=x.shape[0], desc="E g(x)", unit="img", disable=not progress) as bar:
+        for i in range(0, x.shape[0], batch):
+            xb = x[i:i + batch]
+            mean = transform.expected(xb, samples, generator=generator)
+            out.append((mean - xb).flatten(1).abs().amax(1))
+            bar.update(xb.shape[0])
     return torch.cat(out)
