@@ -275,7 +275,8 @@ def test_advt_recipe_refuses_a_mismatched_f_b_before_training(tmp_path: Path) ->
         make_recipe("advt")
 
 
-def test_imitation_network_trains_and_serves_as_the_learned_surrogate(tmp_path: Path) -> None:
+def test_imitation_network_trains_and_serves_as_the_learned_surrogate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from advguard.training import TrainConfig, train
 
     f_b = _save(tmp_path, "f_b", create_model("lenet5", num_classes=10, in_channels=1, seed=0),
@@ -289,7 +290,11 @@ def test_imitation_network_trains_and_serves_as_the_learned_surrogate(tmp_path: 
                          epochs=2, batch_size=64, train_size=256, test_size=64, lr=0.01,
                          optimizer="adam", weight_decay=0.0, schedule="constant",
                          augment="none", device="cpu", seed=0)
-    result = train(config, output_dir=tmp_path / "h", progress=False)
+    result = train(config, output_dir=tmp_path / "h", progress=True)
+    # the progress bar of a recipe with no class prediction shows its loss and no accuracy
+    # (it once raised KeyError 'correct' at the bar's first update)
+    err = capsys.readouterr().err
+    assert "loss=" in err and ", acc=" not in err
     history = result.record.history
     assert history[-1]["mse"] < history[0]["mse"]  # it learns something of g
     assert 0 <= result.record.final["test_acc"] <= 1  # f_a(h(x)) was measured

@@ -503,8 +503,10 @@ class _Run:
             bar.update(1)
             if self.progress and (self.step % 20 == 0 or self.step == steps):
                 n = float(self.sums["n"])
-                bar.set_postfix(loss=f"{float(self.sums['loss']) / n:.4f}",
-                                acc=f"{float(self.sums['correct']) / n:.4f}")
+                shown = {"loss": f"{float(self.sums['loss']) / n:.4f}"}
+                if "correct" in self.sums:  # recipes without a class prediction have no accuracy
+                    shown["acc"] = f"{float(self.sums['correct']) / n:.4f}"
+                bar.set_postfix(shown)
             if self.step == steps:
                 break
             every = cfg.checkpoint_every_steps
