@@ -94,6 +94,73 @@ def test_a_dump_taken_midway_resumes_on_another_store(tmp_path: Path, fmnist_mod
         assert got[table] == want[table], table
 
 
+def test_each_chunk_names_the_commit_and_machine_that_computed_it(
+        tmp_path: Path, fmnist_model: nn.Module, data: ImageDataset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk 0 computed at commit A on one machine, moved by a dump, chunks 1-2 at commit B on
+    another: the records keep both, and the reports name both (once one sitting's commit stood
+    for every chunk)."""
+    import advguard.evaluation.harness as harness
+    from advguard.evaluation import summarize
+    from advguard.reports.tables import markdown_report
+
+    real_env = harness.environment_info
+
+    def sitting(commit: str) -> None:
+        monkeypatch.setattr(harness, "_WORKER_ENVIRONMENTS", {})
+        monkeypatch.setattr(harness, "environment_info",
+                            lambda device: {**real_env(device), "git_commit": commit})
+
+    first, second = tmp_path / "first.sqlite", tmp_path / "second.sqlite"
+    sitting("commit-A")
+    with pytest.raises(_Stop):
+        evaluate(_config(), store=first, model=fmnist_model, data=data, progress=False,
+                 on_chunk=_stop_after(0))
+    with RecordStore(first) as store:
+        store.dump(tmp_path / "partial.jsonl")
+    with RecordStore(second) as store:
+        store.load(tmp_path / "partial.jsonl")
+    sitting("commit-B")
+    done = evaluate(_config(), store=second, model=fmnist_model, data=data, progress=False)
+    with RecordStore(second) as store:
+        envs = store.chunk_environments(done.eval_id)
+        assert {c: e["git_commit"] for c, e in envs.items()} == \
+            {0: "commit-A", 1: "commit-B", 2: "commit-B"}
+        # the evaluation keeps the environment of the sitting that created it
+        assert store.evaluation(done.eval_id)["environment"]["git_commit"] == "commit-A"
+        summary = summarize(store, done.eval_id)
+        store.dump(tmp_path / "whole.jsonl")
+    assert [e["git_commit"] for e in summary.computed_in] == ["commit-A", "commit-B"]
+    report = markdown_report([summary])
+    assert "(commit commit-A)" in report and "(commit commit-B)" in report
+    # the per-chunk environments travel with a dump
+    with RecordStore(tmp_path / "third.sqlite") as store:
+        store.load(tmp_path / "whole.jsonl")
+        assert store.chunk_environments(done.eval_id) == envs
+
+
+def test_records_without_chunk_environments_still_load(
+        tmp_path: Path, fmnist_model: nn.Module, data: ImageDataset) -> None:
+    """A records file written before chunks kept their environment loads; its evaluation's
+    environment stands for its chunks."""
+    whole = evaluate(_config(), store=tmp_path / "a.sqlite", model=fmnist_model, data=data,
+                     progress=False)
+    with RecordStore(tmp_path / "a.sqlite") as store:
+        store.dump(tmp_path / "new.jsonl")
+    lines = (tmp_path / "new.jsonl").read_text().splitlines()
+    old = [line for line in lines if '"table": "chunk_environments"' not in line]
+    assert len(old) < len(lines)
+    (tmp_path / "old.jsonl").write_text("\n".join(old) + "\n")
+    from advguard.evaluation import summarize
+
+    with RecordStore(tmp_path / "b.sqlite") as store:
+        store.load(tmp_path / "old.jsonl")
+        assert store.chunk_environments(whole.eval_id) == {}
+        summary = summarize(store, whole.eval_id)
+    assert summary.computed_in == [summary.environment]
+    assert summary.robust_acc == whole.robust_acc
+
+
 def test_load_keeps_finished_work_and_finishes_unfinished(tmp_path: Path, fmnist_model: nn.Module,
                                                           data: ImageDataset) -> None:
     partial, whole = tmp_path / "partial.sqlite", tmp_path / "whole.sqlite"

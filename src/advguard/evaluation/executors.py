@@ -75,6 +75,7 @@ class ChunkResult:
     outcomes: list[OutcomeRecord]
     seconds: float
     step_seconds: dict[int, float]
+    environment: dict[str, Any] | None = None  # where it ran: versions, commit, device
 
 
 class ChunkFailedError(RuntimeError):

@@ -150,6 +150,15 @@ def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
 
 # The context a worker process built for the evaluation it works on (one at a time).
 _WORKER_CONTEXTS: dict[str, _Context] = {}
+#: this process's environment per device, taken once (a chunk records where it was computed)
+_WORKER_ENVIRONMENTS: dict[str, dict[str, Any]] = {}
+
+
+def _worker_environment(device: torch.device) -> dict[str, Any]:
+    env = _WORKER_ENVIRONMENTS.get(str(device))
+    if env is None:
+        env = _WORKER_ENVIRONMENTS[str(device)] = environment_info(device)
+    return dict(env)
 
 
 @contextlib.contextmanager
@@ -211,7 +220,7 @@ class ChunkJob:
                 ctx, task.chunk, task.images.to(ctx.device), task.labels.to(ctx.device),
                 task.indices)
         return ChunkResult(task.chunk, examples, outcomes, time.perf_counter() - started,
-                           step_seconds)
+                           step_seconds, _worker_environment(ctx.device))
 
 
 def _predict(defense: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -375,7 +384,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         try:
             for result in executor.map(job, tasks):
                 db.write_chunk(eval_id, result.chunk, result.examples, result.outcomes,
-                               result.seconds, result.step_seconds)
+                               result.seconds, result.step_seconds, result.environment)
                 finished += 1
                 bar.set_postfix_str(f"chunks {finished}/{n_chunks}", refresh=False)
                 bar.update(len(result.examples))

@@ -10,6 +10,8 @@ Schema (one row per ...):
 * ``outcomes`` — (example, step, run) that was attacked: correct after the attack or not, the
   perturbation size, queries;
 * ``chunks`` — finished chunk of examples with its wall time;
+* ``chunk_environments`` — the environment (versions, commit, device) that computed a chunk
+  (chunks recorded before this table existed have none; their evaluation's stands in);
 * ``flags`` — reliability flag (fired or not, detail);
 * ``units`` — a unit of an experiment that is not a harness evaluation (a sweep's shared draws
   for one split, model and σ): its key, the hash of what determines it, the model fingerprint,
@@ -55,6 +57,10 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS chunks (
     eval_id TEXT NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
     step_seconds TEXT NOT NULL, PRIMARY KEY (eval_id, chunk)
+);
+CREATE TABLE IF NOT EXISTS chunk_environments (
+    eval_id TEXT NOT NULL, chunk INTEGER NOT NULL, environment TEXT NOT NULL,
+    PRIMARY KEY (eval_id, chunk)
 );
 CREATE TABLE IF NOT EXISTS examples (
     eval_id TEXT NOT NULL, example INTEGER NOT NULL, chunk INTEGER NOT NULL,
@@ -221,15 +227,16 @@ class RecordStore:
                          traits: dict[str, Any], environment: dict[str, Any], n: int, runs: int,
                          steps: Sequence[StepRecord]) -> bool:
         """Create the evaluation unless it exists; returns True if it already existed (resume).
-        A resumed, unfinished evaluation records the environment that finishes it; a finished one
-        keeps the environment that computed it (re-running it computes nothing)."""
+        The evaluation keeps the environment of the sitting that created it; each chunk records
+        the environment that computed it (:meth:`write_chunk`), so an evaluation resumed at
+        another commit or on another machine names both."""
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT status FROM evaluations WHERE id=?", (eval_id,)).fetchone()
             if row is not None:
                 if row[0] != "complete":
-                    db.execute("UPDATE evaluations SET environment=?, updated=?, name=? "
-                               "WHERE id=?", (json.dumps(environment), now, name, eval_id))
+                    db.execute("UPDATE evaluations SET updated=?, name=? WHERE id=?",
+                               (now, name, eval_id))
                 return True
             db.execute(
                 "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -246,8 +253,10 @@ class RecordStore:
 
     def write_chunk(self, eval_id: str, chunk: int, examples: Sequence[ExampleRecord],
                     outcomes: Sequence[OutcomeRecord], seconds: float,
-                    step_seconds: dict[int, float]) -> None:
-        """Commit one chunk's records atomically."""
+                    step_seconds: dict[int, float],
+                    environment: dict[str, Any] | None = None) -> None:
+        """Commit one chunk's records atomically, with the ``environment`` (versions, commit,
+        device) that computed it when given."""
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO examples VALUES (?,?,?,?,?,?)", [
                 (eval_id, e.example, chunk, e.label, e.clean_correct_runs, e.fooled_by)
@@ -257,6 +266,9 @@ class RecordStore:
                 for o in outcomes])
             db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?)",
                        (eval_id, chunk, len(examples), seconds, json.dumps(step_seconds)))
+            if environment is not None:
+                db.execute("INSERT OR REPLACE INTO chunk_environments VALUES (?,?,?)",
+                           (eval_id, chunk, json.dumps(environment, default=str)))
             db.execute("UPDATE evaluations SET seconds = seconds + ?, updated=? WHERE id=?",
                        (seconds, time.time(), eval_id))
 
@@ -332,6 +344,13 @@ class RecordStore:
                                 "ORDER BY step, flag", (eval_id,))
         return [FlagRecord(f, int(s), bool(x), d) for f, s, x, d in rows]
 
+    def chunk_environments(self, eval_id: str) -> dict[int, dict[str, Any]]:
+        """The environment that computed each chunk, for the chunks that recorded one (chunks
+        written before advguard recorded it have none: the evaluation's environment stands in)."""
+        rows = self._db.execute("SELECT chunk, environment FROM chunk_environments "
+                                "WHERE eval_id=? ORDER BY chunk", (eval_id,))
+        return {int(c): json.loads(e) for c, e in rows}
+
     def chunk_seconds(self, eval_id: str) -> dict[int, float]:
         """Total wall time per step (-1 = clean) summed over chunks."""
         totals: dict[int, float] = {}
@@ -399,9 +418,10 @@ class RecordStore:
             for table in ("steps", "flags", "units"):
                 for row in tables[table]:
                     added[table] += _insert(db, table, row, replace=False)
-            for row in tables["chunks"]:
-                if (row["eval_id"], row["chunk"]) in new_chunks:
-                    added["chunks"] += _insert(db, "chunks", row, replace=True)
+            for table in ("chunks", "chunk_environments"):
+                for row in tables[table]:
+                    if (row["eval_id"], row["chunk"]) in new_chunks:
+                        added[table] += _insert(db, table, row, replace=True)
             for table in ("examples", "outcomes"):
                 for row in tables[table]:
                     if (row["eval_id"], row["example"]) in new_examples:
@@ -420,6 +440,7 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
               ("eval_id", "step"), "t i t t i j"),
     "chunks": (("eval_id", "chunk", "n", "seconds", "step_seconds"), ("eval_id", "chunk"),
                "t i i f j"),
+    "chunk_environments": (("eval_id", "chunk", "environment"), ("eval_id", "chunk"), "t i j"),
     "examples": (("eval_id", "example", "chunk", "label", "clean_correct_runs", "fooled_by"),
                  ("eval_id", "example"), "t i i i i i?"),
     "outcomes": (("eval_id", "example", "step", "run", "correct", "distance", "queries"),

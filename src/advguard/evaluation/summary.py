@@ -54,6 +54,9 @@ class EvalSummary:
     flags: list[FlagRecord] = field(default_factory=list)
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
+    #: the distinct environments its chunks were computed in (the evaluation's own environment
+    #: for chunks recorded before advguard kept one per chunk), in chunk order
+    computed_in: list[dict[str, Any]] = field(default_factory=list)
     robust_ci: tuple[float, float] = (float("nan"), float("nan"))
     clean_flips: int = 0
     late_fooled: int = 0
@@ -115,6 +118,24 @@ def summarize(store: RecordStore, eval_id: str) -> EvalSummary:
         traits=info["traits"], config=info["config"], clean_acc=clean_acc,
         clean_worst=clean_worst, steps=rows, robust_acc=robust_acc, strongest=strongest,
         flags=store.flags(eval_id), seconds=float(info["seconds"]),
-        environment=info["environment"], robust_ci=accuracy_interval(robust_count, n),
+        environment=info["environment"],
+        computed_in=_computed_in(store, eval_id, info["environment"]),
+        robust_ci=accuracy_interval(robust_count, n),
         clean_flips=sum(0 < e.clean_correct_runs < runs for e in examples),
         late_fooled=sum(r > 0 for r in first_fooled.values()))
+
+
+def _computed_in(store: RecordStore, eval_id: str,
+                 environment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The distinct environments (by device and commit) that computed the evaluation's chunks."""
+    recorded = store.chunk_environments(eval_id)
+    chunks = sorted(store.finished_chunks(eval_id))
+    envs = [recorded.get(c, environment) for c in chunks] or [environment]
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[Any, Any]] = set()
+    for env in envs:
+        key = (env.get("device_name"), env.get("git_commit"))
+        if key not in seen:
+            seen.add(key)
+            out.append(env)
+    return out

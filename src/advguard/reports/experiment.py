@@ -158,8 +158,8 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
         for plot in spec.plots:
             path = grid_plot(plot, results, Path(plots_dir) / plot.file)
             parts += [f"## {plot.title}", "", f"![{plot.title}]({path.name})", ""]
-    envs = {(s.environment.get("device_name"), s.environment.get("git_commit"))
-            for _, s in results if s is not None}
+    envs = {(env.get("device_name"), env.get("git_commit"))
+            for _, s in results if s is not None for env in s.computed_in or [s.environment]}
     if envs:
         parts += ["Machines and commits: " + "; ".join(f"{d} @ {c}" for d, c in sorted(
             envs, key=str)), ""]

@@ -111,8 +111,10 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
                      f"{json.dumps(s.traits)}")
         parts.append(f"- data {s.config.get('dataset')}/{s.config.get('split')}, n={s.n}, "
                      f"runs={s.runs}, seed={s.config.get('seed')}; {_threat(s.config)}")
-        parts.append(f"- advguard {env.get('advguard')} (commit {env.get('git_commit')}), torch "
-                     f"{env.get('torch')}, {env.get('device_name')}; {s.seconds:.0f} s")
+        computed = "; ".join(
+            f"advguard {e.get('advguard')} (commit {e.get('git_commit')}), torch "
+            f"{e.get('torch')}, {e.get('device_name')}" for e in s.computed_in or [env])
+        parts.append(f"- {computed}; {s.seconds:.0f} s")
         parts.append("")
         header, rows = step_rows(s)
         parts += [render_table(header, rows, fmt="markdown"), ""]
