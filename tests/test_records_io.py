@@ -72,16 +72,22 @@ def test_dump_then_load_reproduces_every_record(tmp_path: Path, fmnist_model: nn
     assert _rows(b) == _rows(a)
 
 
+def _stop_after_chunk_0_and_move(first: Path, second: Path, model: nn.Module,
+                                 data: ImageDataset) -> None:
+    """The first machine stops after chunk 0 is committed; its dump is loaded on the second."""
+    with pytest.raises(_Stop):
+        evaluate(_config(), store=first, model=model, data=data, progress=False,
+                 on_chunk=_stop_after(0))
+    with RecordStore(first) as store:
+        store.dump(first.with_suffix(".jsonl"))
+    with RecordStore(second) as store:
+        store.load(first.with_suffix(".jsonl"))
+
+
 def test_a_dump_taken_midway_resumes_on_another_store(tmp_path: Path, fmnist_model: nn.Module,
                                                       data: ImageDataset) -> None:
     first, second, fresh = (tmp_path / f"{n}.sqlite" for n in ("first", "second", "fresh"))
-    with pytest.raises(_Stop):  # the first machine stops after chunk 0 is committed
-        evaluate(_config(), store=first, model=fmnist_model, data=data, progress=False,
-                 on_chunk=_stop_after(0))
-    with RecordStore(first) as store:
-        store.dump(tmp_path / "partial.jsonl")
-    with RecordStore(second) as store:
-        store.load(tmp_path / "partial.jsonl")
+    _stop_after_chunk_0_and_move(first, second, fmnist_model, data)
     computed: list[int] = []
     resumed = evaluate(_config(), store=second, model=fmnist_model, data=data, progress=False,
                        on_chunk=computed.append)
@@ -113,13 +119,7 @@ def test_each_chunk_names_the_commit_and_machine_that_computed_it(
 
     first, second = tmp_path / "first.sqlite", tmp_path / "second.sqlite"
     sitting("commit-A")
-    with pytest.raises(_Stop):
-        evaluate(_config(), store=first, model=fmnist_model, data=data, progress=False,
-                 on_chunk=_stop_after(0))
-    with RecordStore(first) as store:
-        store.dump(tmp_path / "partial.jsonl")
-    with RecordStore(second) as store:
-        store.load(tmp_path / "partial.jsonl")
+    _stop_after_chunk_0_and_move(first, second, fmnist_model, data)
     sitting("commit-B")
     done = evaluate(_config(), store=second, model=fmnist_model, data=data, progress=False)
     with RecordStore(second) as store:
