@@ -113,7 +113,6 @@ def test_each_chunk_names_the_commit_and_machine_that_computed_it(
     real_env = harness.environment_info
 
     def sitting(commit: str) -> None:
-        monkeypatch.setattr(harness, "_WORKER_ENVIRONMENTS", {})
         monkeypatch.setattr(harness, "environment_info",
                             lambda device: {**real_env(device), "git_commit": commit})
 

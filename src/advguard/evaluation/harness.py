@@ -110,6 +110,7 @@ class _Context:
     device: torch.device
     preset: str
     steps: tuple[StepSpec, ...]
+    environment: dict[str, Any]  # where this context runs: versions, commit, device
 
 
 def _evaluated_model(config: EvalConfig, model: nn.Module | None,
@@ -145,20 +146,12 @@ def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
     prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
                 for s in steps]
     runs = config.runs if defense.traits.randomized else 1
-    return _Context(config, defense, prepared, runs, device, preset, steps)
+    return _Context(config, defense, prepared, runs, device, preset, steps,
+                    environment_info(device))
 
 
 # The context a worker process built for the evaluation it works on (one at a time).
 _WORKER_CONTEXTS: dict[str, _Context] = {}
-#: this process's environment per device, taken once (a chunk records where it was computed)
-_WORKER_ENVIRONMENTS: dict[str, dict[str, Any]] = {}
-
-
-def _worker_environment(device: torch.device) -> dict[str, Any]:
-    env = _WORKER_ENVIRONMENTS.get(str(device))
-    if env is None:
-        env = _WORKER_ENVIRONMENTS[str(device)] = environment_info(device)
-    return dict(env)
 
 
 @contextlib.contextmanager
@@ -220,7 +213,7 @@ class ChunkJob:
                 ctx, task.chunk, task.images.to(ctx.device), task.labels.to(ctx.device),
                 task.indices)
         return ChunkResult(task.chunk, examples, outcomes, time.perf_counter() - started,
-                           step_seconds, _worker_environment(ctx.device))
+                           step_seconds, ctx.environment)
 
 
 def _predict(defense: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -349,7 +342,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         step_records = [StepRecord(-1, "clean", "clean", False, {})] + [
             StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
             for i, p in enumerate(prepared)]
-        env = environment_info(device)
+        env = dict(ctx.environment)
         env["model_fingerprint"] = fingerprint
         env["draws"] = DRAWS_PROTOCOL
         if not isinstance(executor, LocalExecutor):
