@@ -5,7 +5,7 @@ every recipe (noise-injected models included), the CLI and the shipped configs. 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,8 @@ def test_noise_injection_converts_the_model_and_wraps_input_noise() -> None:
 
 
 # --------------------------------------------------------------------------- resume, every recipe
+ArmLoss = Callable[..., Callable[[], None]]  # the conftest fixture arm_recipe_loss
+
 TINY = TrainConfig(dataset="fashion-mnist-sample", model="lenet5", epochs=2, batch_size=32,
                    lr=0.05, train_size=64, test_size=0, schedule="onecycle", device="cpu",
                    augment="none", seed=1, checkpoint_every_steps=1)
@@ -343,26 +345,16 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_after_crash_gives_identical_weights(
-        case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        case: str, tmp_path: Path, arm_recipe_loss: ArmLoss) -> None:
     recipe, kwargs, model_kwargs = RESUME_CASES[case]
     config = TINY.replace(recipe=recipe, recipe_kwargs=kwargs, model_kwargs=model_kwargs)
     reference = train(config, progress=False)
 
-    cls = RECIPES.get(recipe)
-    original = cls.loss
-    calls = {"n": 0}
-
-    def crashing(self, model, x, y, *, generator):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 4:  # step 2 of epoch 2 (2 steps per epoch)
-            raise RuntimeError("simulated crash")
-        return original(self, model, x, y, generator=generator)
-
-    monkeypatch.setattr(cls, "loss", crashing)
+    disarm = arm_recipe_loss(recipe, 4)  # crash at step 2 of epoch 2 (2 steps per epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(config, output_dir=tmp_path, progress=False)
     assert (tmp_path / STATE_FILE).exists()
-    monkeypatch.setattr(cls, "loss", original)
+    disarm()
     resumed = train(config, output_dir=tmp_path, progress=False)
     assert resumed.record.resumed_from == {"epoch": 1, "step": 1}
     a, b = _weights(resumed.model), _weights(reference.model)

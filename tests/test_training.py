@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ import torch.nn.functional as F
 
 from advguard.errors import ConfigError
 from advguard.training import (
-    RECIPES,
     STATE_FILE,
     TrainConfig,
     TrainingInterrupted,
@@ -21,6 +21,8 @@ from advguard.training import (
     train,
 )
 from advguard.training.recipes.mixup import Mixup, mix_batch, sample_beta
+
+ArmLoss = Callable[..., Callable[[], None]]  # the conftest fixture arm_recipe_loss
 
 TINY = TrainConfig(dataset="fashion-mnist-sample", model="smallcnn", epochs=2, batch_size=32,
                    lr=0.05, train_size=160, test_size=64, schedule="cosine", device="cpu",
@@ -49,25 +51,15 @@ def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
 
 @pytest.mark.parametrize("recipe", ["standard", "mixup"])
 def test_resume_after_crash_mid_epoch_gives_identical_weights(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: str) -> None:
+        tmp_path: Path, arm_recipe_loss: ArmLoss, recipe: str) -> None:
     config = TINY.replace(recipe=recipe, checkpoint_every_steps=2)
     reference = train(config, progress=False)
 
-    cls = RECIPES.get(recipe)
-    original = cls.loss
-    calls = {"n": 0}
-
-    def crashing(self, model, x, y, *, generator):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 8:  # step 3 of epoch 2 (5 steps per epoch)
-            raise RuntimeError("simulated crash")
-        return original(self, model, x, y, generator=generator)
-
-    monkeypatch.setattr(cls, "loss", crashing)
+    disarm = arm_recipe_loss(recipe, 8)  # crash at step 3 of epoch 2 (5 steps per epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(config, output_dir=tmp_path, progress=False)
     assert (tmp_path / STATE_FILE).exists()
-    monkeypatch.setattr(cls, "loss", original)
+    disarm()
     resumed = train(config, output_dir=tmp_path, progress=False)
     assert resumed.record.resumed_from == {"epoch": 1, "step": 2}
     assert _same(_weights(resumed.model), _weights(reference.model))
@@ -75,19 +67,9 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(
         reference.record.history[-1]["train_loss"], rel=1e-6)
 
 
-def test_ctrl_c_saves_state_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_saves_state_and_resumes(tmp_path: Path, arm_recipe_loss: ArmLoss) -> None:
     reference = train(TINY, progress=False)
-    cls = RECIPES.get("standard")
-    original = cls.loss
-    calls = {"n": 0}
-
-    def interrupting(self, model, x, y, *, generator):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, model, x, y, generator=generator)
-
-    monkeypatch.setattr(cls, "loss", interrupting)
+    disarm = arm_recipe_loss("standard", 3, lambda: os.kill(os.getpid(), signal.SIGINT))
     # a known handler to restore: a job started in the background (nohup, `&`) inherits SIG_IGN
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -96,7 +78,7 @@ def test_ctrl_c_saves_state_and_resumes(tmp_path: Path, monkeypatch: pytest.Monk
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, inherited)
-    monkeypatch.setattr(cls, "loss", original)
+    disarm()
     resumed = train(TINY, output_dir=tmp_path, progress=False)
     assert resumed.record.resumed_from == {"epoch": 0, "step": 3}
     assert _same(_weights(resumed.model), _weights(reference.model))
