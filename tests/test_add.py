@@ -319,3 +319,50 @@ def test_purifier_defense_bad_input(trained: dict[str, Path], target_path: Path,
     cifar = create_model("lenet5", num_classes=10, in_channels=3, input_size=32)
     with pytest.raises(AdvguardError, match="other inputs"):
         build_defense({"name": "add", "purifier": str(trained["add"])}, cifar)
+
+
+def test_records_are_not_mixed_across_a_replaced_purifier(tmp_path: Path,
+                                                          target_path: Path) -> None:
+    """The evaluation id covers the config and the base model's weights, not the checkpoints a
+    defense loads by path: a purifier retrained under the same path must not resume (or be
+    reported as) the records of the old one; its fingerprint is recorded and reported."""
+    from advguard.checkpoint import load_checkpoint
+    from advguard.errors import ConfigError
+    from advguard.evaluation import EvalConfig, evaluate, model_fingerprint
+    from advguard.evaluation.store import RecordStore
+
+    purifier = tmp_path / "ape" / "model.safetensors"
+
+    def save_purifier(seed: int) -> None:
+        save_checkpoint(purifier, create_model("ape_gan", num_classes=10, in_channels=1,
+                                               input_size=28, width=0.125, seed=seed),
+                        metadata={"dataset": "fashion-mnist-sample"})
+
+    spec = {"name": "ape_gan", "purifier": str(purifier)}
+    config = EvalConfig(model=str(target_path), dataset="fashion-mnist-sample", n=8,
+                        batch_size=4, eps=0.1, device="cpu", checks=False, defense=spec,
+                        steps=[{"setting": "adaptive", "attack": "fgsm"}])  # type: ignore[list-item]
+    store = tmp_path / "r.sqlite"
+
+    def stop_after_first_chunk(chunk: int) -> None:
+        raise KeyboardInterrupt
+
+    save_purifier(seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config, store=store, progress=False, on_chunk=stop_after_first_chunk)
+    save_purifier(seed=1)  # retrained under the same path
+    with pytest.raises(ConfigError, match="other defense weights.*replaced under the same path"):
+        evaluate(config, store=store, progress=False)
+    with RecordStore(store) as db:  # refused before anything was written
+        (eval_id,) = db.evaluation_ids()
+        assert db.finished_chunks(eval_id) == {0}
+
+    save_purifier(seed=0)  # the checkpoint the records were made with: resumes
+    summary = evaluate(config, store=store, progress=False)
+    target, _ = load_checkpoint(target_path)
+    expected = model_fingerprint(build_defense(spec, target))
+    assert summary.environment["defense_fingerprint"] == expected
+    assert {env["defense_fingerprint"] for env in summary.computed_in} == {expected}
+    save_purifier(seed=1)  # a finished evaluation is not re-read with other weights either
+    with pytest.raises(ConfigError, match="other defense weights"):
+        evaluate(config, store=store, progress=False)

@@ -217,6 +217,18 @@ def test_deterministic_defense_gives_identical_outputs(spec_id: str) -> None:
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
 
 
+@pytest.mark.parametrize("spec_id", ALL)
+def test_weights_fingerprint_is_the_same_in_every_build(spec_id: str) -> None:
+    """The evaluation harness refuses to resume records made with other defense weights (a
+    replaced purifier) by comparing this fingerprint across processes and sessions: building the
+    same spec around the same model must give the same one, whatever the seed."""
+    from advguard.evaluation import model_fingerprint
+
+    first = model_fingerprint(_build(spec_id, seed=0))
+    assert model_fingerprint(_build(spec_id, seed=0)) == first
+    assert model_fingerprint(_build(spec_id, seed=5)) == first
+
+
 @pytest.mark.parametrize("spec_id", RANDOMIZED)
 def test_randomized_defense_is_reproducible_from_its_own_seed(spec_id: str) -> None:
     defense, x = _build(spec_id, seed=3), _inputs()

@@ -85,6 +85,7 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
     from advguard.evaluation import model_fingerprint
 
     assert f"`{ckpt}`: {model_fingerprint(fmnist_model)}" in report  # which weights were measured
+    assert "Defense weights" not in report  # no defense here loads a checkpoint of its own
     bits = by_name["tiny:bits2/0.1"]  # the per-cell summary names the strongest step
     from advguard.stats import accuracy_interval
 
@@ -370,3 +371,14 @@ def test_a_table_cell_shows_an_evaluated_cell_whatever_the_order() -> None:
     for results in ([(cells[0], done), (cells[1], None)], [(cells[0], None), (cells[1], done)]):
         assert "| ADD | 90.5 |" in grid_table(table, results)  # type: ignore[arg-type]
     assert "| ADD | — |" in grid_table(table, [(cells[0], None), (cells[1], None)])
+
+
+def test_report_names_the_checkpoints_a_defense_loads() -> None:
+    from advguard.reports.experiment import _defense_label
+
+    assert _defense_label({"name": "bit_depth", "bits": 2}) == ""
+    assert _defense_label({"name": "add", "purifier": "runs/a/model.safetensors"}) == \
+        "`add` with `runs/a/model.safetensors`"
+    nested = {"name": "chain", "steps": [{"name": "advt", "f_b": "fb.safetensors"},
+                                         {"name": "x", "inner": {"f_a": "fa.safetensors"}}]}
+    assert _defense_label(nested) == "`chain` with `fb.safetensors`, `fa.safetensors`"

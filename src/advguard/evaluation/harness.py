@@ -146,8 +146,29 @@ def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
     prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
                 for s in steps]
     runs = config.runs if defense.traits.randomized else 1
-    return _Context(config, defense, prepared, runs, device, preset, steps,
-                    environment_info(device))
+    environment = environment_info(device)
+    # every weight the defended model holds (the base model and the networks a defense loads,
+    # e.g. a purifier or f_b): a checkpoint replaced under the same path changes it
+    environment["defense_fingerprint"] = model_fingerprint(defense)
+    return _Context(config, defense, prepared, runs, device, preset, steps, environment)
+
+
+def _check_same_defense_weights(db: RecordStore, eval_id: str, name: str,
+                                fingerprint: str) -> None:
+    """Before resuming (or re-reading) an evaluation: its records must come from the defended
+    model's current weights. The evaluation id covers the config and the base model's weights,
+    not the checkpoints a defense loads by path (a purifier retrained under the same path), so
+    those are compared here, against every fingerprint the evaluation and its chunks recorded
+    (records made before it was recorded have none and pass)."""
+    info = db.evaluation(eval_id)
+    recorded = {env.get("defense_fingerprint") for env in
+                [info["environment"], *db.chunk_environments(eval_id).values()]} - {None}
+    if recorded and recorded != {fingerprint}:
+        raise ConfigError(
+            f"evaluation {name!r}: its records were made with other defense weights "
+            f"(fingerprint {', '.join(sorted(recorded))}; now {fingerprint}): a checkpoint the "
+            "defense loads (e.g. a purifier) was replaced under the same path. Evaluate into "
+            "another store (--store), or restore the checkpoint the records were made with")
 
 
 # The context a worker process built for the evaluation it works on (one at a time).
@@ -342,6 +363,9 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         step_records = [StepRecord(-1, "clean", "clean", False, {})] + [
             StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
             for i, p in enumerate(prepared)]
+        if eval_id in db.evaluation_ids():
+            _check_same_defense_weights(db, eval_id, config.name or eval_id,
+                                        ctx.environment["defense_fingerprint"])
         env = dict(ctx.environment)
         env["model_fingerprint"] = fingerprint
         env["draws"] = DRAWS_PROTOCOL

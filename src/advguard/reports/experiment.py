@@ -4,7 +4,7 @@ per-cell summary, generated from the record store, with the paper's numbers in p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalSummary
@@ -168,7 +168,38 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
     if models:
         parts += ["Model weights (path: fingerprint of the weights evaluated): " + "; ".join(
             f"`{m}`: {f}" for m, f in sorted(models, key=str)), ""]
+    defended = {(_defense_label(s.config.get("defense")), s.environment["defense_fingerprint"])
+                for _, s in results if s is not None
+                and s.environment.get("defense_fingerprint")
+                and _defense_label(s.config.get("defense"))}
+    if defended:
+        parts += ["Defense weights (the defended model: the base model and the checkpoints its "
+                  "defense loads): " + "; ".join(f"{label}: {f}" for label, f in
+                                                 sorted(defended, key=str)), ""]
     seconds = sum(s.seconds for _, s in results if s is not None)
     if done:
         parts += [f"Total evaluation time: {seconds / 60:.1f} min.", ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _defense_label(spec: Any) -> str:
+    """``name`` with the checkpoint paths a defense spec names (e.g. ``add`` with
+    ``runs/.../model.safetensors``); empty when it names none (its weights are the base
+    model's, already listed)."""
+    paths: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value.endswith(".safetensors"):
+            paths.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(spec)
+    if not paths:
+        return ""
+    name = spec.get("name", "?") if isinstance(spec, dict) else str(spec)
+    return f"`{name}` with " + ", ".join(f"`{p}`" for p in paths)
