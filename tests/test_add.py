@@ -351,7 +351,7 @@ def test_records_are_not_mixed_across_a_replaced_purifier(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         evaluate(config, store=store, progress=False, on_chunk=stop_after_first_chunk)
     save_purifier(seed=1)  # retrained under the same path
-    with pytest.raises(ConfigError, match="other defense weights.*replaced under the same path"):
+    with pytest.raises(ConfigError, match=r"other defense weights.*replaced under the same path"):
         evaluate(config, store=store, progress=False)
     with RecordStore(store) as db:  # refused before anything was written
         (eval_id,) = db.evaluation_ids()

@@ -307,6 +307,21 @@ def test_clopper_pearson_against_closed_forms() -> None:
     assert accuracy_interval(0, 0) != accuracy_interval(0, 0)  # NaN for no examples
 
 
+def test_mcnemar_exact_against_hand_values_and_binomtest() -> None:
+    from scipy.stats import binomtest
+
+    from advguard.stats import mcnemar_exact
+
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)  # 2 · (1 + 10) / 2^10
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)  # two-sided: symmetric
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    for lost, gained in [(31, 6), (3, 0), (40, 25)]:  # the exact binomial test on discordant pairs
+        expected = binomtest(gained, lost + gained, 0.5).pvalue
+        assert mcnemar_exact(lost, gained) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact(-1, 3)
+
+
 def test_the_val_split_is_the_training_runs_held_out_split() -> None:
     """Defenses are tuned on the validation split a training config holds out (never the test
     set): split "val" selects exactly those images; the ids of other splits ignore val_*."""

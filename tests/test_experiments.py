@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _spec(tmp_path: Path, model_path: Path) -> GridExperiment:
         },
         "exclude": [{"defense": "bits2", "eps": "0.05"}],
         "tables": [{"title": "robust", "rows": ["defense"], "cols": ["eps"], "metric": "robust",
-                    "paper": {"none/0.1": 12.5}},
+                    "paper": {"none/0.1": 12.5}, "paired": "none"},
                    {"title": "clean", "rows": ["defense", "eps"], "metric": "clean"}],
         "plots": [{"title": "eps curve", "x": "eps", "series": "defense", "file": "eps.png"}],
         "summary": True,
@@ -96,6 +97,19 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
             f"{bits.strongest or '—'} |") in report
     with RecordStore(spec.store) as store:
         assert summarize(store, none_01.eval_id).robust_acc == none_01.robust_acc
+        robust = {name: {e.example: e.fooled_by is None for e in store.examples(s.eval_id)}
+                  for name, s in by_name.items()}
+    # paired with 'none' on the same 30 examples: the difference is that of the accuracies, and
+    # lost / gained are the discordant examples
+    a, b = robust["tiny:none/0.1"], robust["tiny:bits2/0.1"]
+    lost = sum(a[i] and not b[i] for i in a)
+    gained = sum(b[i] and not a[i] for i in a)
+    assert gained - lost == round(30 * (bits.robust_acc - none_01.robust_acc))
+    from advguard.stats import mcnemar_exact
+
+    assert (f"| bits2 | — | {100 * (gained - lost) / 30:+.1f} ({lost} / {gained}, "
+            f"p {mcnemar_exact(lost, gained):.2g}) |") in report  # bits2/0.05 is excluded: —
+    assert "Paired with **none**" in report
 
 
 def test_grid_cells_run_on_the_given_executor(tmp_path: Path, fmnist_model: nn.Module) -> None:
@@ -382,3 +396,17 @@ def test_report_names_the_checkpoints_a_defense_loads() -> None:
     nested = {"name": "chain", "steps": [{"name": "advt", "f_b": "fb.safetensors"},
                                          {"name": "x", "inner": {"f_a": "fa.safetensors"}}]}
     assert _defense_label(nested) == "`chain` with `fb.safetensors`, `fa.safetensors`"
+
+
+def test_paired_table_needs_a_per_example_metric_and_one_of_its_rows(
+        tmp_path: Path, fmnist_model: nn.Module) -> None:
+    from advguard.experiments.grid import TableSpec
+
+    with pytest.raises(ConfigError, match="'paired' compares per-example outcomes"):
+        TableSpec(title="t", rows=("defense",), metric="after:0", paired="none")
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", fmnist_model)
+    spec = _spec(tmp_path, ckpt)
+    bad = dataclasses.replace(spec, tables=(TableSpec(title="robust", rows=("defense",),
+                                                      paired="nope"),))
+    with pytest.raises(ConfigError, match=r"'paired' names row 'nope'.*none, bits2"):
+        bad.report()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy_interval", "clopper_pearson"]
+__all__ = ["accuracy_interval", "clopper_pearson", "mcnemar_exact"]
 
 
 def clopper_pearson(successes: torch.Tensor | int, trials: int, alpha: float
@@ -38,3 +38,20 @@ def accuracy_interval(correct: int, n: int, *, confidence: float = 0.95) -> tupl
         return float("nan"), float("nan")
     lo, hi = clopper_pearson(correct, n, 1 - confidence)
     return float(lo), float(hi)
+
+
+def mcnemar_exact(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar test of a paired comparison on the same examples: ``lost``
+    examples right under A and wrong under B, ``gained`` the reverse. Under "A and B are equally
+    accurate" each discordant example is a fair coin, so the p-value is
+    ``min(1, 2 · P[Binomial(lost + gained, ½) ≤ min(lost, gained)])`` (1 when none differ).
+
+    Example: ``mcnemar_exact(9, 1)`` → ``2 · 11 / 1024 = 0.0215``.
+    """
+    if lost < 0 or gained < 0:
+        raise ValueError("mcnemar_exact needs counts >= 0")
+    if lost + gained == 0:
+        return 1.0
+    from scipy.stats import binom
+
+    return float(min(1.0, 2 * binom.cdf(min(lost, gained), lost + gained, 0.5)))

@@ -32,6 +32,8 @@ An experiment file::
         cols: [attack]
         metric: robust                           # clean | robust | after:<step index>
         paper: {"Mixup/CAP/PGD10": 63.2}         # key: row labels / col labels, joined by '/'
+        paired: Mixup/none                       # optional: every row against this one on the
+                                                 # same examples (McNemar), metric clean|robust
     plots:
       - {title: Figure 2, x: alpha, series: model, metric: robust, file: fig2.png}
 
@@ -62,10 +64,17 @@ if TYPE_CHECKING:
 METRICS = ("clean", "clean_worst", "robust")
 
 
+#: metrics with a per-example outcome that a table can compare ``paired`` with another row
+PAIRED_METRICS = ("clean", "robust")
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A table: ``rows`` × ``cols`` (axis names) of ``metric``; ``paper`` numbers keyed by the
-    row labels and col labels joined by '/'."""
+    row labels and col labels joined by '/'. ``paired``: a row label; every other row is then
+    also compared with it example by example in the same column (difference in points, the
+    examples lost and gained, the exact McNemar p-value), for metrics ``clean`` and ``robust``.
+    """
 
     title: str
     rows: tuple[str, ...]
@@ -73,11 +82,15 @@ class TableSpec:
     metric: str = "robust"
     paper: Mapping[str, float] = field(default_factory=dict)
     note: str = ""
+    paired: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
         object.__setattr__(self, "cols", tuple(self.cols))
         check_metric(self.metric)
+        if self.paired is not None and self.metric not in PAIRED_METRICS:
+            raise ConfigError(f"table {self.title!r}: 'paired' compares per-example outcomes of "
+                              f"metric {' or '.join(PAIRED_METRICS)}, not {self.metric!r}")
 
 
 @dataclass(frozen=True)

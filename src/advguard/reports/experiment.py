@@ -13,6 +13,7 @@ from advguard.reports.render import render_table
 from advguard.reports.tables import INTERVAL_NOTE, pct
 
 if TYPE_CHECKING:
+    from advguard.evaluation.store import RecordStore
     from advguard.experiments.grid import Cell, GridExperiment, PlotSpec, TableSpec
 
 def metric_value(summary: EvalSummary, metric: str) -> float:
@@ -70,6 +71,66 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
             f"{'/'.join(k for k in (r, c) if k != table.metric)}: {done}"
             for (r, c), done in partial.items()) + "); the run command resumes it."
     return out
+
+
+def _example_outcomes(store: RecordStore, summary: EvalSummary, metric: str) -> dict[int, bool]:
+    """Per example index: right under ``metric`` (``clean``: in every clean run; ``robust``:
+    and under every attack), as the summary's numbers count them."""
+    examples = store.examples(summary.eval_id)
+    if metric == "clean":
+        return {e.example: e.fooled_by != -1 for e in examples}
+    return {e.example: e.fooled_by is None for e in examples}
+
+
+def paired_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]],
+                 store_path: str | Path) -> str:
+    """Every row against the table's ``paired`` row, column by column, on the examples both
+    evaluated: the difference in points, the examples lost / gained and the exact McNemar
+    p-value (:func:`advguard.stats.mcnemar_exact`) — whether a difference of a few points is
+    more than which examples were drawn."""
+    from advguard.evaluation.store import RecordStore
+    from advguard.stats import mcnemar_exact
+
+    outcomes: dict[tuple[str, str], dict[int, bool]] = {}
+    rows_seen: list[str] = []
+    cols_seen: list[str] = []
+    finished: list[tuple[tuple[str, str], EvalSummary]] = []
+    for cell, summary in results:
+        r, c = cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
+        rows_seen += [r] if r not in rows_seen else []
+        cols_seen += [c] if c not in cols_seen else []
+        if summary is not None and summary.complete:
+            finished.append(((r, c), summary))
+    if finished:  # (no store to open before anything was evaluated)
+        with RecordStore(store_path) as store:
+            for key, summary in finished:
+                if key not in outcomes:
+                    outcomes[key] = _example_outcomes(store, summary, table.metric)
+    if table.paired not in rows_seen:
+        raise ConfigError(f"table {table.title!r}: 'paired' names row {table.paired!r}, which "
+                          f"is not one of its rows ({', '.join(rows_seen)})")
+    body = []
+    for r in rows_seen:
+        if r == table.paired:
+            continue
+        cells = []
+        for c in cols_seen:
+            base = outcomes.get((table.paired, c), {})
+            other = outcomes.get((r, c), {})
+            common = sorted(base.keys() & other.keys())
+            if not common:
+                cells.append("—")
+                continue
+            lost = sum(base[i] and not other[i] for i in common)
+            gained = sum(other[i] and not base[i] for i in common)
+            cells.append(f"{100 * (gained - lost) / len(common):+.1f} ({lost} / {gained}, "
+                         f"p {mcnemar_exact(lost, gained):.2g})")
+        body.append([r, *cells])
+    header = ["/".join(table.rows) or "setting", *cols_seen]
+    return (f"Paired with **{table.paired}** on the same examples (finished cells): difference "
+            f"in points (examples it gets right that {table.paired} gets wrong count +), then "
+            f"the examples lost / gained and the exact McNemar p-value (two-sided; p above "
+            f"0.05: not shown to differ).\n\n" + render_table(header, body, fmt="markdown"))
 
 
 def grid_plot(plot: PlotSpec, results: list[tuple[Cell, EvalSummary | None]],
@@ -149,6 +210,8 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
               "number for its own (larger-scale) setting.", ""]
     for table in spec.tables:
         parts += [f"## {table.title}", "", grid_table(table, results), ""]
+        if table.paired is not None:
+            parts += [paired_table(table, results, spec.store), ""]
         if table.note:
             parts += [table.note, ""]
     if spec.summary:
