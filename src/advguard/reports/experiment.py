@@ -231,10 +231,9 @@ def grid_report(spec: GridExperiment, *, plots_dir: str | Path | None = None) ->
     if models:
         parts += ["Model weights (path: fingerprint of the weights evaluated): " + "; ".join(
             f"`{m}`: {f}" for m, f in sorted(models, key=str)), ""]
-    defended = {(_defense_label(s.config.get("defense")), s.environment["defense_fingerprint"])
-                for _, s in results if s is not None
-                and s.environment.get("defense_fingerprint")
-                and _defense_label(s.config.get("defense"))}
+    defended = {(_defense_label(s.config.get("defense")), env["defense_fingerprint"])
+                for _, s in results if s is not None and _defense_label(s.config.get("defense"))
+                for env in [s.environment, *s.computed_in] if env.get("defense_fingerprint")}
     if defended:
         parts += ["Defense weights (the defended model: the base model and the checkpoints its "
                   "defense loads): " + "; ".join(f"{label}: {f}" for label, f in
