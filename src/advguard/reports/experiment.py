@@ -36,6 +36,12 @@ def _format(value: float | None, paper: float | None) -> str:
     return ours if paper is None else f"{ours} ({paper:g})"
 
 
+def _table_keys(table: TableSpec, cell: Cell) -> tuple[str, str]:
+    """The (row, column) of ``table`` that ``cell`` lands in (the column is the metric's name
+    in a table without columns)."""
+    return cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
+
+
 def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]]) -> str:
     """A markdown table: rows × cols of the metric in %, with the paper's number in parentheses
     where the experiment gives one. Several cells can land in one table cell (a clean-accuracy
@@ -46,7 +52,7 @@ def grid_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]])
     values: dict[tuple[str, str], float | None] = {}
     partial: dict[tuple[str, str], str] = {}  # unfinished cells: "N of M examples"
     for cell, summary in results:
-        r, c = cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
+        r, c = _table_keys(table, cell)
         if r not in row_keys:
             row_keys.append(r)
         if c not in col_keys:
@@ -96,7 +102,7 @@ def paired_table(table: TableSpec, results: list[tuple[Cell, EvalSummary | None]
     cols_seen: list[str] = []
     finished: list[tuple[tuple[str, str], EvalSummary]] = []
     for cell, summary in results:
-        r, c = cell.key(table.rows), cell.key(table.cols) if table.cols else table.metric
+        r, c = _table_keys(table, cell)
         rows_seen += [r] if r not in rows_seen else []
         cols_seen += [c] if c not in cols_seen else []
         if summary is not None and summary.complete:
