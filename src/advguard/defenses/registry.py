@@ -61,7 +61,7 @@ def build_part(spec: Mapping[str, Any] | str, model: nn.Module) -> Defense | Tra
     try:
         part = cls.from_spec(model, params)
     except AdvguardError as exc:
-        if isinstance(exc, ConfigError) and repr(name) in str(exc):
+        if isinstance(exc, ConfigError) and str(exc).startswith(f"defense {name!r}"):
             raise
         raise ConfigError(f"defense {name!r}: {exc}") from None
     except (TypeError, ValueError, IndexError, KeyError) as exc:
