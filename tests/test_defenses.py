@@ -16,6 +16,7 @@ from advguard.defenses import (
     GaussianNoise,
     Pipeline,
     Traits,
+    Transform,
     Undefended,
     build_defense,
     gradient_inside_forward,
@@ -83,6 +84,41 @@ def test_bpda_uses_the_surrogate_gradient() -> None:
     assert torch.allclose(g_bpda, g_identity)  # identity surrogate: gradient at the quantized x
     (g_plain,) = torch.autograd.grad(defense(x).sum(), x, allow_unused=True)
     assert g_plain is None or float(g_plain.abs().max()) == 0.0
+
+
+class _Halve(Transform):
+    """A differentiable transform (x ↦ x / 2) standing in for a purifier network."""
+
+    traits = Traits(differentiable=True)
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x / 2
+
+
+def test_bpda_identity_replaces_a_differentiable_transform_and_plain_bpda_keeps_it() -> None:
+    model = _linear()
+    defense = Pipeline([_Halve()], model)
+    x = torch.rand(3, 1, 4, 4)
+
+    def grad(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        xr = x.clone().requires_grad_(True)
+        out = m(xr)
+        return out.detach(), torch.autograd.grad(out[:, 1].sum(), xr)[0]
+
+    z = (x / 2).requires_grad_(True)
+    (at_z,) = torch.autograd.grad(model(z)[:, 1].sum(), z)  # ∇f at the transformed input
+    out_exact, g_exact = grad(BPDA(defense))
+    out_id, g_id = grad(BPDA(defense, surrogate="identity"))
+    assert torch.equal(out_exact, defense(x)) and torch.equal(out_id, defense(x))
+    assert torch.allclose(g_exact, at_z / 2, atol=1e-6)  # bpda: true — the exact chain rule
+    assert torch.allclose(g_id, at_z, atol=1e-6)  # bpda: identity — the transform skipped
+    assert not torch.allclose(g_id, g_exact, atol=1e-4)
+    _, g_bare = grad(BPDA(Undefended(model), surrogate="identity"))  # nothing to replace
+    xr = x.clone().requires_grad_(True)
+    assert torch.allclose(g_bare, torch.autograd.grad(model(xr)[:, 1].sum(), xr)[0], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"'tanh' is not offered by the defense \(offered: "
+                                          r"identity\)"):
+        BPDA(defense, surrogate="tanh")
 
 
 def test_averaged_is_log_of_mean_probabilities() -> None:

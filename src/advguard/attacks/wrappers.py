@@ -44,8 +44,11 @@ class BPDA(nn.Module):
         self.defense = defense
         self.traits = getattr(defense, "traits", None)
         if surrogate is not None:
+            from advguard.defenses.base import IDENTITY_SURROGATE
+
             offered = sorted({name for t in _transforms(defense)
-                              for name in getattr(t, "surrogates", ())})
+                              for name in getattr(t, "surrogates", ())}
+                             | {IDENTITY_SURROGATE})  # every transform's (vacuous without)
             if surrogate not in offered:
                 raise ConfigError(f"BPDA surrogate {surrogate!r} is not offered by the defense "
                                   f"(offered: {', '.join(offered) or 'none'})")

@@ -93,6 +93,11 @@ def surrogate_choice(name: str | None) -> Iterator[None]:
         _SURROGATE.reset(token)
 
 
+#: the BPDA surrogate every transform offers: the identity in the backward pass, also for a
+#: transform that is differentiable (a cascade step's ``bpda: identity``)
+IDENTITY_SURROGATE = "identity"
+
+
 def chosen_surrogate(default: str) -> str:
     """The surrogate a BPDA pass asks for (:func:`surrogate_choice`), else ``default``."""
     return _SURROGATE.get() or default
@@ -138,10 +143,15 @@ class Transform(Randomness):
 
     def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
         """Forward value of :meth:`forward`, gradient of :meth:`surrogate` (straight-through)
-        where the transform is not differentiable."""
-        if self.traits.differentiable:
+        where the transform is not differentiable. A differentiable transform keeps its exact
+        gradient, unless the BPDA pass asks for the ``"identity"`` surrogate
+        (:data:`IDENTITY_SURROGATE`, offered by every transform): then its backward pass is the
+        identity too — the BPDA of a purifier that is differentiable (ADD-Defense's Sec. 4.3)."""
+        identity = chosen_surrogate("") == IDENTITY_SURROGATE
+        if self.traits.differentiable and not identity:
             return self.forward(x)
-        approx = self.surrogate(x)
+        approx = x if identity and IDENTITY_SURROGATE not in self.surrogates \
+            else self.surrogate(x)
         with torch.no_grad():
             exact = self.forward(x)
         return approx + (exact - approx).detach()

@@ -34,6 +34,10 @@ class StepSpec:
     come from the evaluation). ``target``: None, ``"least_likely"`` or ``"random"``.
     ``bpda``: force BPDA on/off (None: from the defense's traits), or the name of one of the
     defense's BPDA surrogates (e.g. ``"softsign"`` for AdvT), which turns BPDA on with it.
+    BPDA replaces only what is not differentiable: with ``true``, a differentiable transform
+    (e.g. a purifier network) keeps its exact gradient; ``"identity"`` (offered by every
+    transform) makes every transform the identity in the backward pass — the BPDA that papers
+    run against differentiable purifiers.
     ``eot_objective``: what an EOT attack maximizes over the draws — ``"mean_loss"`` (the mean
     of the per-draw losses: the averaged gradient of Athalye et al.) or ``"expected_softmax"``
     (the loss of ``log mean_i softmax(f_i(x))``, the prediction of a vote or an average over
