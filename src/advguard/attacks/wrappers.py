@@ -51,7 +51,7 @@ class BPDA(nn.Module):
                              | {IDENTITY_SURROGATE})  # every transform's (vacuous without)
             if surrogate not in offered:
                 raise ConfigError(f"BPDA surrogate {surrogate!r} is not offered by the defense "
-                                  f"(offered: {', '.join(offered) or 'none'})")
+                                  f"(offered: {', '.join(offered)})")
         self.surrogate = surrogate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
