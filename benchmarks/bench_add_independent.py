@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import sqlite3
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
 from advguard.defenses import build_defense
 from advguard.evaluation import evaluate
+from advguard.evaluation.store import RecordStore
 from advguard.experiments import load_experiment
 from advguard.experiments.grid import expand
 from advguard.stats import accuracy_interval
@@ -71,15 +71,13 @@ class BPDA(nn.Module):
         return self.base(x + (purified - x).detach())
 
 
-def harness_robust(store: Path, eval_id: str, n: int, runs: int) -> torch.Tensor:
-    """Per-example worst-case outcome the harness recorded: correct in every clean run and
-    fooled by no step."""
-    with sqlite3.connect(store) as db:
-        rows = db.execute("select example, clean_correct_runs, fooled_by from examples "
-                          "where eval_id = ?", (eval_id,)).fetchall()
+def harness_robust(store: Path, eval_id: str, n: int) -> torch.Tensor:
+    """Per-example worst-case outcome the harness recorded: fooled by no step (the store marks
+    an example wrong in a clean run as fooled too)."""
     robust = torch.zeros(n, dtype=torch.bool)
-    for example, clean_runs, fooled_by in rows:
-        robust[example] = clean_runs == runs and fooled_by is None
+    with RecordStore(store) as records:
+        for e in records.examples(eval_id):
+            robust[e.example] = e.fooled_by is None
     return robust
 
 
@@ -180,7 +178,7 @@ def main() -> int:
                 store = Path(tmp) / "r.sqlite"
                 summary = evaluate(config, store=store, progress=False)
                 sec_h = time.perf_counter() - started
-                ours = harness_robust(store, summary.eval_id, args.n, config.runs)
+                ours = harness_robust(store, summary.eval_id, args.n)
                 defense = build_defense(config.defense, base, seed=0).eval()
                 for q in defense.parameters():
                     q.requires_grad_(False)
