@@ -45,6 +45,7 @@ from torch import nn
 from advguard.checkpoint import load_checkpoint
 from advguard.data import first_n, load_dataset
 from advguard.defenses import build_defense
+from advguard.errors import AdvguardError
 from advguard.evaluation import evaluate
 from advguard.evaluation.store import RecordStore
 from advguard.experiments import load_experiment
@@ -158,6 +159,12 @@ def main() -> int:
     torch.manual_seed(0)
     spec = load_experiment("experiments/add_adaptive_fmnist")
     cells = {"/".join(c.labels.values()): c for c in expand(spec)}  # type: ignore[arg-type]
+    if args.n < 1 or args.steps < 1 or args.restarts < 1:
+        p.error("--n, --steps and --restarts must be >= 1")
+    missing = [f"{d}/{e:g}" for d in args.defenses for e in args.eps if f"{d}/{e:g}" not in cells]
+    if missing:
+        p.error(f"no cell {', '.join(missing)} in experiments/add_adaptive_fmnist "
+                f"(cells: {', '.join(cells)})")
     base, _ = load_checkpoint("runs/scale_s/standard/model.safetensors")
     base.eval()
     for q in base.parameters():
@@ -218,4 +225,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except AdvguardError as exc:  # a missing checkpoint or dataset: one line, not a traceback
+        raise SystemExit(f"bench_add_independent: error: {exc}") from None
