@@ -71,6 +71,10 @@ CLI_ERRORS: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      "--attack steps: not valid YAML: '{'"),
     ("--attack without an attack", lambda f: _eval(f, "--attack", "adaptive"),
      "--attack expects SETTING:ATTACK"),
+    ("--attack mapping with 'name' instead of setting/attack",
+     lambda f: _eval(f, "--attack", "{name: pgd, steps: 3}"),
+     "each step needs 'setting' and 'attack' (missing: setting, attack), e.g. {setting: "
+     "adaptive, attack: pgd, steps: 20}; got {'name': 'pgd', 'steps': 3}"),
     ("steps: pgd", lambda f: _eval(f, "--set", "steps=pgd"),
      "evaluation config: 'steps' must be a list"),
     ("steps: [1, 2]", lambda f: _eval(f, "--set", "steps=[1, 2]"),

@@ -65,7 +65,7 @@ class Purifier(Transform):
     @classmethod
     def from_spec(cls, model: nn.Module, params: Mapping[str, Any]) -> Transform:
         if "purifier" not in params:
-            raise ConfigError(f"defense needs 'purifier': the checkpoint of a trained "
+            raise ConfigError(f"needs 'purifier': the checkpoint of a trained "
                               f"{cls.architecture!r} model (e.g. runs/.../model.safetensors)")
         return cls(**params, model=model)
 

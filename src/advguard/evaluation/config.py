@@ -103,6 +103,7 @@ class StepSpec:
             raise ConfigError(f"each step is a mapping such as {{setting: adaptive, attack: pgd, "
                               f"steps: 20}}, got {data!r}")
         data = dict(data)
+        given = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         # allow attack parameters inline: {setting: adaptive, attack: pgd, steps: 20}
         params = dict(data.pop("params", {}) or {})
@@ -112,8 +113,11 @@ class StepSpec:
         if data.get("target") not in (None, "least_likely", "random"):
             raise ConfigError(f"step target must be 'least_likely', 'random' or absent, got "
                               f"{data['target']!r}")
-        if "setting" not in data or "attack" not in data:
-            raise ConfigError(f"each step needs 'setting' and 'attack': {data}")
+        missing = [k for k in ("setting", "attack") if k not in data]
+        if missing:
+            raise ConfigError(f"each step needs 'setting' and 'attack' (missing: "
+                              f"{', '.join(missing)}), e.g. {{setting: adaptive, attack: pgd, "
+                              f"steps: 20}}; got {given}")
         try:
             return cls(params=params, **data)
         except TypeError as exc:
