@@ -85,6 +85,8 @@ CLI_ERRORS: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      "defense 'bit_depth': "),
     ("sigma: -0.1", lambda f: _eval(f, "--defense", "{name: gaussian_noise, sigma: -0.1}"),
      "defense 'gaussian_noise': "),
+    ("mi_ol without its pool", lambda f: _eval(f, "--defense", "{name: mi_ol, lam: 0.5}"),
+     "defense 'mi_ol': the spec needs 'pool' (parameters: lam=0.5, samples=30, pool=required"),
     ("n_labels: 0", lambda f: _eval(f, "--defense", "{name: cap, n_labels: 0}"),
      "defense 'cap': n_labels must be >= 1, got 0"),
     ("eps 8 for images in [0, 1]", lambda f: _eval(f, "--eps", "8"),

@@ -260,6 +260,9 @@ def test_post_training_data_is_training_data_that_fits_the_model() -> None:
         build_defense({"name": "post_train", "data": {"n": 10}}, model)
     with pytest.raises(ConfigError, match="iterations must be an int >= 0"):
         _defense(model, iterations=-1)
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ConfigError, match=f"lr must be a finite number > 0, got {bad}"):
+            _defense(model, lr=bad)
 
 
 def test_adapt_then_attack_re_adapts_every_round_and_stays_in_the_ball(

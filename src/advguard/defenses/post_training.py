@@ -59,6 +59,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -276,8 +277,8 @@ class PostTrain(Defense):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         for name, fvalue in (("eps", eps), ("neighbour_alpha", neighbour_alpha), ("lr", lr)):
-            if not float(fvalue) > 0:
-                raise ConfigError(f"{name} must be > 0, got {fvalue}")
+            if not (math.isfinite(float(fvalue)) and float(fvalue) > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {fvalue}")
         if not 0 <= float(momentum) < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
         self.model = model

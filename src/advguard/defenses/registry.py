@@ -22,6 +22,7 @@ Every mistake in a spec (unknown name or parameter, a bad value) raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,8 +66,22 @@ def build_part(spec: Mapping[str, Any] | str, model: nn.Module) -> Defense | Tra
             raise
         raise ConfigError(f"defense {name!r}: {exc}") from None
     except (TypeError, ValueError, IndexError, KeyError) as exc:
-        raise ConfigError(f"defense {name!r}: {exc}") from None
+        raise ConfigError(f"defense {name!r}: {_missing(exc, name) or exc}") from None
     return part
+
+
+_MISSING = re.compile(r"missing \d+ required (?:keyword-only |positional )?arguments?: (.+)$")
+
+
+def _missing(exc: Exception, name: str) -> str | None:
+    """A constructor's "missing required argument" TypeError said in spec terms."""
+    found = _MISSING.search(str(exc)) if isinstance(exc, TypeError) else None
+    if found is None:
+        return None
+    wanted = re.findall(r"'(\w+)'", found.group(1))
+    params = ", ".join(f"{k}={v}" for k, v in defense_parameters(name).items())
+    return (f"the spec needs {' and '.join(repr(w) for w in wanted)} "
+            f"(parameters: {params})")
 
 
 def build_defense(spec: Mapping[str, Any] | str, model: nn.Module, *, seed: int = 0) -> Defense:
