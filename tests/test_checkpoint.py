@@ -80,7 +80,7 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     marker.unlink(missing_ok=True)
     evil = tmp_path / "evil.pt"
     with evil.open("wb") as f:
-        pickle.dump({"weight": _Exploit()}, f)
+        pickle.dump({"weight": _Exploit()}, f, protocol=2)  # torch.save's protocol
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_state_dict_file(evil)
     assert not marker.exists()
