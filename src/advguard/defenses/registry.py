@@ -22,7 +22,6 @@ Every mistake in a spec (unknown name or parameter, a bad value) raises
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,22 +65,19 @@ def build_part(spec: Mapping[str, Any] | str, model: nn.Module) -> Defense | Tra
             raise
         raise ConfigError(f"defense {name!r}: {exc}") from None
     except (TypeError, ValueError, IndexError, KeyError) as exc:
-        raise ConfigError(f"defense {name!r}: {_missing(exc, name) or exc}") from None
+        raise ConfigError(f"defense {name!r}: {_missing(name, params) or exc}") from None
     return part
 
 
-_MISSING = re.compile(r"missing \d+ required (?:keyword-only |positional )?arguments?: (.+)$")
-
-
-def _missing(exc: Exception, name: str) -> str | None:
-    """A constructor's "missing required argument" TypeError said in spec terms."""
-    found = _MISSING.search(str(exc)) if isinstance(exc, TypeError) else None
-    if found is None:
+def _missing(name: str, params: Mapping[str, Any]) -> str | None:
+    """The required parameters of entry ``name`` that ``params`` lacks, said in spec terms
+    (None when it lacks none)."""
+    accepted = defense_parameters(name)
+    wanted = [k for k, default in accepted.items() if default == "required" and k not in params]
+    if not wanted:
         return None
-    wanted = re.findall(r"'(\w+)'", found.group(1))
-    params = ", ".join(f"{k}={v}" for k, v in defense_parameters(name).items())
-    return (f"the spec needs {' and '.join(repr(w) for w in wanted)} "
-            f"(parameters: {params})")
+    listed = ", ".join(f"{k}={v}" for k, v in accepted.items())
+    return f"the spec needs {' and '.join(map(repr, wanted))} (parameters: {listed})"
 
 
 def build_defense(spec: Mapping[str, Any] | str, model: nn.Module, *, seed: int = 0) -> Defense:
