@@ -13,12 +13,13 @@ from advguard.data import ImageDataset, first_n
 from advguard.defenses import build_defense
 from advguard.errors import ConfigError
 from advguard.evaluation import EvalConfig, RecordStore, evaluate
-from advguard.evaluation.presets import PRESETS, resolve_preset
+from advguard.evaluation.presets import PRESETS, preset_revision, resolve_preset
+from advguard.evaluation.store import ExampleRecord, OutcomeRecord
 
 
 def _steps(spec: dict[str, object], model: nn.Module, preset: str = "auto"
            ) -> tuple[str, list[tuple[str, str, dict[str, object], int, bool | None, str]]]:
-    name, steps = resolve_preset(preset, build_defense(spec, model))
+    name, steps = resolve_preset(preset, build_defense(spec, model), 0.1)
     return name, [(s.setting, s.attack, s.params, s.eot, s.bpda, s.eot_objective) for s in steps]
 
 
@@ -47,7 +48,34 @@ def test_auto_composes_the_cascade_from_the_traits(fmnist_model: nn.Module) -> N
     _, steps = _steps({"name": "gaussian_noise", "sigma": 0.2}, fmnist_model, "quick")
     assert steps[1][2] == {"steps": 20, "loss": "ce"} and steps[1][3] == 4
     assert PRESETS.get("quick").reduced and not PRESETS.get("standard").reduced
-    assert resolve_preset("none", build_defense({"name": "none"}, fmnist_model)) == ("none", [])
+    none = build_defense({"name": "none"}, fmnist_model)
+    assert resolve_preset("none", none, 0.1) == ("none", [])
+
+
+def test_randomized_dynamic_defenses_get_a_fixed_step_pgd_in_a_new_revision(
+        fmnist_model: nn.Module) -> None:
+    """Issue 12: on CAP + Xie, APGD with EOT missed an image that a fixed-step PGD with EOT
+    fooled. Randomized dynamic defenses get that PGD as a last step, under revision 2 of the
+    preset (a new evaluation id); every other defense keeps revision 1 and its steps."""
+    cap_random = build_defense({"name": "cap", "n_labels": 3, "alpha": 0.05, "mu": 0.1},
+                               fmnist_model)
+    assert cap_random.traits.randomized and cap_random.traits.dynamic
+    name, steps = resolve_preset("auto", cap_random, 0.2)
+    assert name == "rand" and preset_revision("auto", cap_random) == 2
+    last = steps[-1]
+    assert (last.setting, last.attack, last.eot, last.eot_objective) == \
+        ("adaptive", "pgd", 20, "mean_loss")
+    assert last.params == {"steps": 100, "alpha": pytest.approx(0.02)}
+    assert [s.attack for s in steps[:-1]] == ["auto-pgd"] * 4  # revision 1's steps, in order
+    for spec in ({"name": "gaussian_noise", "sigma": 0.2}, {"name": "none"},
+                 {"name": "cap", "n_labels": 9, "alpha": 0.05, "mu": 0.1}):
+        defense = build_defense(spec, fmnist_model)
+        assert preset_revision("auto", defense) == 1
+        assert all(s.attack == "auto-pgd" for s in resolve_preset("auto", defense, 0.1)[1])
+    config = EvalConfig(eps=0.1)
+    assert config.identity("fp", 2) != config.identity("fp") == config.identity("fp", 1)
+    assert config.replace(preset="none").identity("fp", 2) == \
+        config.replace(preset="none").identity("fp")
 
 
 def test_presets_are_the_default_and_are_recorded(tmp_path: Path, fmnist_model: nn.Module,
@@ -127,3 +155,81 @@ def test_cli_eval_without_attacks_runs_the_default_preset(
     out = capsys.readouterr().out
     assert "standard: adaptive APGD-CE-100 (exact gradient)" in out
     assert "standard: adaptive APGD-T-100×9" in out
+
+
+def _records(store: Path, eval_id: str) -> tuple[list[ExampleRecord], list[OutcomeRecord]]:
+    with RecordStore(store) as db:
+        return list(db.examples(eval_id)), list(db.outcomes(eval_id))
+
+
+def test_an_added_step_extends_earlier_records_exactly(
+        tmp_path: Path, fmnist_model: nn.Module, fmnist_sample_test: ImageDataset) -> None:
+    """Appending a step to an explicit cascade reuses the records of the shorter one (only the
+    new step runs, on the survivors) and gives exactly the records of computing it whole; an
+    interrupted shorter evaluation is extended where it finished and computed whole elsewhere."""
+    data = first_n(fmnist_sample_test, 15)
+    first = {"setting": "adaptive", "attack": "pgd", "steps": 2, "alpha": 0.02, "eot": 2}
+    added = {"setting": "adaptive", "attack": "pgd", "steps": 3, "alpha": 0.05, "eot": 2}
+    base = EvalConfig(dataset="fashion-mnist-sample", n=15, eps=0.05, runs=2, batch_size=5,
+                      checks=False, device="cpu", defense={"name": "gaussian_noise",
+                                                           "sigma": 0.3})
+    short, full = base.replace(steps=(first,)), base.replace(steps=(first, added))
+    store = tmp_path / "a.sqlite"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(chunk: int) -> None:
+        if chunk == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        evaluate(short, store=store, model=fmnist_model, data=data, progress=False,
+                 on_chunk=stop_after_two)
+    extended = evaluate(full, store=store, model=fmnist_model, data=data, progress=False)
+    whole = evaluate(full, store=tmp_path / "b.sqlite", model=fmnist_model, data=data,
+                     progress=False)
+    assert extended.eval_id == whole.eval_id
+    assert _records(store, extended.eval_id) == _records(tmp_path / "b.sqlite", whole.eval_id)
+    with RecordStore(store) as db:
+        info = db.evaluation(extended.eval_id)
+        parent = short.identity(info["environment"]["model_fingerprint"]
+                                + "/fashion-mnist-sample/test/15")
+        assert info["environment"]["extends"] == {"evaluation": parent, "steps": 1}
+        # chunk 0 was extended: its clean and step-0 records and timings are the shorter
+        # evaluation's, copied (not recomputed); chunk 2 was computed whole
+        _, out0, _, secs0 = db.chunk_records(parent, 0)
+        _, out1, _, secs1 = db.chunk_records(extended.eval_id, 0)
+        assert set(out0) <= set(out1) and {-1: secs0[-1], 0: secs0[0]} == \
+            {-1: secs1[-1], 0: secs1[0]} and 1 in secs1
+        assert 2 not in db.finished_chunks(parent)
+
+
+def test_a_new_preset_revision_extends_the_records_of_the_old_one(
+        tmp_path: Path, fmnist_model: nn.Module, fmnist_sample_test: ImageDataset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records made under revision 1 of a preset (CAP with 3 random labels: randomized and
+    dynamic) stay under their id; the revision-2 evaluation extends them with its added step and
+    equals computing revision 2 whole."""
+    from advguard.evaluation.presets import Preset
+
+    data = first_n(fmnist_sample_test, 6)
+    config = EvalConfig(dataset="fashion-mnist-sample", n=6, eps=0.1, runs=2, batch_size=3,
+                        checks=False, device="cpu", preset="quick",
+                        defense={"name": "cap", "n_labels": 3, "alpha": 0.05, "mu": 0.1})
+    store = tmp_path / "a.sqlite"
+    with monkeypatch.context() as patch:  # the composition as it was before revision 2
+        patch.setattr(Preset, "revision", lambda self, defense: 1)
+        old = evaluate(config, store=store, model=fmnist_model, data=data, progress=False)
+    assert len(old.steps) == 4
+    new = evaluate(config, store=store, model=fmnist_model, data=data, progress=False)
+    assert new.eval_id != old.eval_id and len(new.steps) == 5
+    assert new.steps[-1].label.startswith("quick: adaptive PGD-20, step ε/10")
+    whole = evaluate(config, store=tmp_path / "b.sqlite", model=fmnist_model, data=data,
+                     progress=False)
+    assert _records(store, new.eval_id) == _records(tmp_path / "b.sqlite", whole.eval_id)
+    old_outcomes = _records(store, old.eval_id)[1]
+    assert [o for o in _records(store, new.eval_id)[1] if o.step < 4] == old_outcomes
+    with RecordStore(store) as db:
+        assert db.evaluation(new.eval_id)["environment"]["extends"] == {
+            "evaluation": old.eval_id, "steps": 4}

@@ -221,11 +221,13 @@ class EvalConfig(FileConfig):
         out["steps"] = [s.to_dict() for s in self.steps]
         return out
 
-    def identity(self, model_fingerprint: str) -> str:
+    def identity(self, model_fingerprint: str, preset_revision: int = 1) -> str:
         """The evaluation id: a hash of everything that determines the results (the config minus
         the device and display-only fields, plus the model weights' fingerprint). The preset
-        enters by name (:attr:`preset_name`; its steps follow from it and the defense), and not
-        at all when it is ``none``, so that ids made before presets existed stay valid."""
+        enters by name (:attr:`preset_name`; its steps follow from it, the defense and the
+        revision of its composition for that defense, which is appended from revision 2 on:
+        ``rand/2``), and not at all when it is ``none``, so that ids made before presets (or
+        before a revision) existed stay valid."""
         payload = self.to_dict()
         payload.pop("device")
         payload.pop("name")
@@ -234,7 +236,8 @@ class EvalConfig(FileConfig):
             payload.pop("val_size")
             payload.pop("val_seed")
         if self.preset_name != "none":
-            payload["preset"] = self.preset_name
+            payload["preset"] = self.preset_name if preset_revision == 1 else \
+                f"{self.preset_name}/{preset_revision}"
         for step in payload["steps"]:
             step.pop("label")
             if step["eot_objective"] == "mean_loss":  # the default: ids made before it existed

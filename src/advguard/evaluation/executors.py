@@ -55,14 +55,30 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ChunkPrior:
+    """The records of a chunk's first ``steps`` cascade steps (and its clean runs), made by an
+    evaluation whose steps are a prefix of this one's: the chunk runs only the steps after them,
+    on the examples that survived (the same records as computing it whole, since every draw
+    derives from (seed, chunk, step, run, example)). ``seconds`` / ``step_seconds``: what they
+    cost when they were computed."""
+
+    steps: int
+    examples: list[ExampleRecord]
+    outcomes: list[OutcomeRecord]
+    seconds: float
+    step_seconds: dict[int, float]
+
+
+@dataclass(frozen=True)
 class ChunkTask:
     """One chunk of an evaluation: its index, its examples (CPU tensors) and their dataset
-    indices."""
+    indices; ``prior``: records of its first steps to extend, if any."""
 
     chunk: int
     images: torch.Tensor
     labels: torch.Tensor
     indices: list[int]
+    prior: ChunkPrior | None = None
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,17 @@ from advguard.attacks.base import ThreatModel
 from advguard.data import ImageDataset, balanced_subset, first_n, load_dataset
 from advguard.defenses.base import Defense, as_defense, derive_seed
 from advguard.defenses.registry import build_defense
-from advguard.errors import ConfigError
+from advguard.errors import AdvguardError, ConfigError
 from advguard.evaluation import checks
 from advguard.evaluation.config import DRAWS_PROTOCOL, EvalConfig, StepSpec
-from advguard.evaluation.executors import ChunkResult, ChunkTask, Executor, LocalExecutor
-from advguard.evaluation.presets import resolve_preset
+from advguard.evaluation.executors import (
+    ChunkPrior,
+    ChunkResult,
+    ChunkTask,
+    Executor,
+    LocalExecutor,
+)
+from advguard.evaluation.presets import preset_revision, resolve_preset
 from advguard.evaluation.settings import Prepared, prepare_step
 from advguard.evaluation.store import (
     ExampleRecord,
@@ -109,6 +115,7 @@ class _Context:
     runs: int
     device: torch.device
     preset: str
+    preset_revision: int
     steps: tuple[StepSpec, ...]
     environment: dict[str, Any]  # where this context runs: versions, commit, device
 
@@ -141,7 +148,8 @@ def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
         return load_checkpoint(path, device=device).model
 
     defense = as_defense(build_defense(config.defense, model, seed=config.seed)).to(device)
-    preset, preset_steps = resolve_preset(config.preset_name, defense)
+    preset, preset_steps = resolve_preset(config.preset_name, defense, config.eps)
+    revision = preset_revision(config.preset_name, defense)
     steps = (*config.steps, *preset_steps)
     prepared = [prepare_step(s, defense, norm=config.norm, eps=config.eps, load_model=loader)
                 for s in steps]
@@ -150,7 +158,8 @@ def _build_context(config: EvalConfig, model: nn.Module, device: torch.device,
     # every weight the defended model holds (the base model and the networks a defense loads,
     # e.g. a purifier or f_b): a checkpoint replaced under the same path changes it
     environment["defense_fingerprint"] = model_fingerprint(defense)
-    return _Context(config, defense, prepared, runs, device, preset, steps, environment)
+    return _Context(config, defense, prepared, runs, device, preset, revision, steps,
+                    environment)
 
 
 def _check_same_defense_weights(db: RecordStore, eval_id: str, name: str,
@@ -232,8 +241,10 @@ class ChunkJob:
         with _working_directory(self.cwd), eval_mode(ctx.defense):
             examples, outcomes, step_seconds = _run_chunk(
                 ctx, task.chunk, task.images.to(ctx.device), task.labels.to(ctx.device),
-                task.indices)
-        return ChunkResult(task.chunk, examples, outcomes, time.perf_counter() - started,
+                task.indices, task.prior)
+        earlier = task.prior.seconds if task.prior is not None else 0.0
+        return ChunkResult(task.chunk, examples, outcomes,
+                           time.perf_counter() - started + earlier,
                            step_seconds, ctx.environment)
 
 
@@ -243,24 +254,39 @@ def _predict(defense: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
-               indices: list[int]) -> tuple[list[ExampleRecord], list[OutcomeRecord],
-                                            dict[int, float]]:
+               indices: list[int], prior: ChunkPrior | None = None
+               ) -> tuple[list[ExampleRecord], list[OutcomeRecord], dict[int, float]]:
+    """The cascade on one chunk: its clean runs, then each step on the examples every earlier
+    step failed on. With ``prior`` (the records of its first steps), only the later steps run."""
     cfg, defense, runs = ctx.config, ctx.defense, ctx.runs
     n = x.shape[0]
-    seconds: dict[int, float] = {}
-    started = time.perf_counter()
-    clean_runs = torch.zeros(n, dtype=torch.long, device=x.device)
     ids = torch.tensor(indices, dtype=torch.long)
-    for r in range(runs):
-        defense.reseed(derive_seed(cfg.seed, "clean", chunk, r))
-        with example_draws(x, ids, derive_seed(cfg.seed, "clean", r), modules=defense):
-            clean_runs += (_predict(defense, x, cfg.batch_size) == y).long()
-    robust = clean_runs == runs
-    fooled_by: list[int | None] = [None if bool(ok) else -1 for ok in robust]
-    seconds[-1] = time.perf_counter() - started
-    outcomes: list[OutcomeRecord] = []
+    if prior is None:
+        seconds: dict[int, float] = {}
+        started = time.perf_counter()
+        clean_runs = torch.zeros(n, dtype=torch.long, device=x.device)
+        for r in range(runs):
+            defense.reseed(derive_seed(cfg.seed, "clean", chunk, r))
+            with example_draws(x, ids, derive_seed(cfg.seed, "clean", r), modules=defense):
+                clean_runs += (_predict(defense, x, cfg.batch_size) == y).long()
+        robust = clean_runs == runs
+        fooled_by: list[int | None] = [None if bool(ok) else -1 for ok in robust]
+        seconds[-1] = time.perf_counter() - started
+        outcomes: list[OutcomeRecord] = []
+    else:
+        earlier = {e.example: e for e in prior.examples}
+        if sorted(earlier) != sorted(indices):
+            raise AdvguardError(f"chunk {chunk}: the records to extend cover other examples")
+        clean_runs = torch.tensor([earlier[i].clean_correct_runs for i in indices],
+                                  dtype=torch.long, device=x.device)
+        fooled_by = [earlier[i].fooled_by for i in indices]
+        robust = torch.tensor([f is None for f in fooled_by], device=x.device)
+        seconds = dict(prior.step_seconds)
+        outcomes = list(prior.outcomes)
     threat = ThreatModel(cfg.norm, cfg.eps)  # type: ignore[arg-type]
     for s, prep in enumerate(ctx.prepared):
+        if prior is not None and s < prior.steps:
+            continue
         started = time.perf_counter()
         for r in range(runs):
             idx = robust.nonzero().flatten()
@@ -293,14 +319,17 @@ def _run_chunk(ctx: _Context, chunk: int, x: torch.Tensor, y: torch.Tensor,
     return examples, outcomes, seconds
 
 
-def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRecord]:
+def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor,
+                 probed_steps: int = 0) -> list[FlagRecord]:
+    """The reliability probes; ``probed_steps``: the first steps were probed already (by the
+    evaluation this one extends): probe only the ways of taking gradients they did not use."""
     cfg, defense = ctx.config, ctx.defense
     defense.reseed(derive_seed(cfg.seed, "checks"))
     correct = _predict(defense, x, cfg.batch_size) == y
     x, y = x[correct][: cfg.check_examples], y[correct][: cfg.check_examples]
     if x.shape[0] == 0:
         return [FlagRecord("no_probe_examples", -1, True, "no clean-correct example to probe")]
-    flags = [
+    flags = [] if probed_steps else [
         checks.check_randomness(defense, x, declared=defense.traits.randomized),
         checks.check_dynamic(defense, x, declared=defense.traits.dynamic),
     ]
@@ -315,6 +344,8 @@ def _probe_flags(ctx: _Context, x: torch.Tensor, y: torch.Tensor) -> list[FlagRe
             if bpda in probed or (bpda and defense.traits.differentiable and probed):
                 continue
             probed.add(bpda)
+            if s < probed_steps:
+                continue
             attack = checks.probe_attack(prep.attack)
             flags.append(checks.check_gradients(prep.gradient_model, x, y, s))
             flags.append(checks.check_eps_sweep(attack, prep.model, defense, x, y, s,
@@ -353,7 +384,8 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
 
     ctx = _build_context(config, model, device, load_model)
     defense, prepared, steps = ctx.defense, ctx.prepared, ctx.steps
-    eval_id = config.identity(f"{fingerprint}/{data.name}/{data.split}/{len(data)}")
+    key = f"{fingerprint}/{data.name}/{data.split}/{len(data)}"
+    eval_id = config.identity(key, ctx.preset_revision)
     recorded = config.to_dict()
     recorded.update(preset=ctx.preset, steps=[s.to_dict() for s in steps])
     executor = executor if executor is not None else LocalExecutor()
@@ -363,12 +395,18 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         step_records = [StepRecord(-1, "clean", "clean", False, {})] + [
             StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
             for i, p in enumerate(prepared)]
-        if eval_id in db.evaluation_ids():
+        existing = eval_id in db.evaluation_ids()
+        if existing:
             _check_same_defense_weights(db, eval_id, config.name or eval_id,
                                         ctx.environment["defense_fingerprint"])
+            extends = db.evaluation(eval_id)["environment"].get("extends")
+        else:
+            extends = _prefix_evaluation(db, config, key, ctx.preset_revision, step_records)
         env = dict(ctx.environment)
         env["model_fingerprint"] = fingerprint
         env["draws"] = DRAWS_PROTOCOL
+        if extends is not None:
+            env["extends"] = extends
         if not isinstance(executor, LocalExecutor):
             env["executor"] = executor.describe()
         resumed = db.begin_evaluation(
@@ -376,20 +414,31 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
             traits=defense.traits.to_dict(), environment=env, n=len(data), runs=ctx.runs,
             steps=step_records)
         db.write_flags(eval_id, data_flags)
+        parent_chunks: set[int] = set()
+        if extends is not None:
+            parent = extends["evaluation"]
+            _check_same_defense_weights(db, parent, parent,
+                                        ctx.environment["defense_fingerprint"])
+            parent_chunks = db.finished_chunks(parent)
+            if not resumed:  # its probes, for its steps
+                db.write_flags(eval_id, db.flags(parent))
         indices = (data.indices.tolist() if data.indices is not None
                    else list(range(len(data))))
         if config.checks and not (resumed and db.flags(eval_id)):
             started = time.perf_counter()
             x0 = data.images[: 2 * config.check_examples]
             y0 = data.labels[: x0.shape[0]]
+            probed = int(extends["steps"]) if extends is not None else 0
             with eval_mode(defense):
-                db.write_flags(eval_id, _probe_flags(ctx, x0.to(device), y0.to(device)))
+                db.write_flags(eval_id, _probe_flags(ctx, x0.to(device), y0.to(device),
+                                                     probed))
             db.add_seconds(eval_id, time.perf_counter() - started)
         done = db.finished_chunks(eval_id)
         n_chunks = (len(data) + config.batch_size - 1) // config.batch_size
         bounds = [(c, c * config.batch_size, min(len(data), (c + 1) * config.batch_size))
                   for c in range(n_chunks)]
-        tasks = [ChunkTask(c, data.images[lo:hi], data.labels[lo:hi], indices[lo:hi])
+        tasks = [ChunkTask(c, data.images[lo:hi], data.labels[lo:hi], indices[lo:hi],
+                           _prior(db, extends, c) if c in parent_chunks else None)
                  for c, lo, hi in bounds if c not in done]
         job = ChunkJob(config, given, load_model,
                        os.getcwd(), f"{eval_id}/{uuid.uuid4().hex}", context=ctx)
@@ -414,6 +463,39 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
     finally:
         if own_store:
             db.close()
+
+
+def _prefix_evaluation(db: RecordStore, config: EvalConfig, key: str, revision: int,
+                       steps: list[StepRecord]) -> dict[str, Any] | None:
+    """An evaluation in ``db`` that this new one extends: the same config and data whose cascade
+    is a strict prefix of this one's — the same config at an earlier revision of its preset, or,
+    without a preset, the config with its last explicit steps removed. Its records are this
+    evaluation's for those steps (every draw derives from the seed, chunk, step, run and
+    example, not from the steps after), so only the steps after them need computing. Returns
+    ``{"evaluation": id, "steps": k}`` for the longest such prefix, or None."""
+    candidates = [config.identity(key, r) for r in range(revision - 1, 0, -1)]
+    if config.preset_name == "none":
+        candidates += [config.replace(steps=config.steps[:k]).identity(key)
+                       for k in range(len(config.steps) - 1, 0, -1)]
+    known = set(db.evaluation_ids())
+    best: dict[str, Any] | None = None
+    ours = [(s.step, s.setting, s.white_box, s.attack) for s in steps]
+    for candidate in candidates:
+        if candidate not in known:
+            continue
+        theirs = [(s.step, s.setting, s.white_box, s.attack) for s in db.steps(candidate)]
+        k = len(theirs) - 1  # without the clean step
+        if len(theirs) < len(ours) and theirs == ours[:len(theirs)] and \
+                (best is None or k > best["steps"]):
+            best = {"evaluation": candidate, "steps": k}
+    return best
+
+
+def _prior(db: RecordStore, extends: dict[str, Any] | None, chunk: int) -> ChunkPrior | None:
+    if extends is None:
+        return None
+    examples, outcomes, seconds, step_seconds = db.chunk_records(extends["evaluation"], chunk)
+    return ChunkPrior(int(extends["steps"]), examples, outcomes, seconds, step_seconds)
 
 
 def check_model_fits(model: nn.Module, data: ImageDataset, config: EvalConfig

@@ -15,7 +15,21 @@ stored with its config). For a defense with budget ``steps`` (iterations), ``tar
    ``log mean_i softmax(f_i(x))``, what a vote or an average over draws outputs);
 3. ``adaptive`` APGD-CE through the declared BPDA surrogates as well, for a defense that is
    differentiable but dynamic (its exact gradient runs through an optimization, e.g. CAP);
-4. ``adaptive`` APGD-T: targeted DLR towards each of the ``targets`` most likely other classes.
+4. ``adaptive`` APGD-T: targeted DLR towards each of the ``targets`` most likely other classes;
+5. for a defense that is randomized **and** dynamic (e.g. CAP followed by random resizing), a
+   fixed-step ``adaptive`` PGD as well: ``iterations`` steps of ε/10 from a random start, EOT
+   on the mean loss over the draws. APGD's adaptive step size, fed the noisy gradients of an
+   optimization that redraws its randomness each call, missed examples that this simpler attack
+   fooled (issue 12: one image of the first 200 on CAP + Xie + Mixup); it is added after the
+   first four steps, so that records made before it existed are extended, not recomputed.
+
+A preset's **revision** numbers its compositions: a composition that changed after records were
+made under it gets a new revision, which enters the evaluation id (``rand/2``), so that old
+records are never resumed under new steps. The harness extends such records instead of redoing
+them: the steps they share are a prefix of the new cascade, computed with the same seeds, so the
+new evaluation copies them and runs only the added steps, on the examples that survived
+(:func:`advguard.evaluation.harness.evaluate`). Revisions: 2 for randomized dynamic defenses
+(step 5, added 2026-12-07), 1 for every other defense.
 
 Each step runs only on the examples all earlier steps failed on, and randomized defenses are
 evaluated in the config's ``runs`` (≥ 5 recommended) with the worst case per example kept.
@@ -55,7 +69,11 @@ class Preset:
     reduced: bool = False
     description: str = ""
 
-    def steps(self, defense: Defense) -> list[StepSpec]:
+    def revision(self, defense: Defense) -> int:
+        """The composition's revision for ``defense`` (see the module docstring)."""
+        return 2 if defense.traits.randomized and defense.traits.dynamic else 1
+
+    def steps(self, defense: Defense, eps: float) -> list[StepSpec]:
         traits = defense.traits
         n = self.iterations
         per_call = max(1, defense.draws_per_call)
@@ -83,6 +101,11 @@ class Preset:
                             params={"steps": n, "targets": self.targets},
                             label=f"{tag}adaptive APGD-T-{n}×{self.targets} ({how}{suffix})",
                             **eot))
+        if self.revision(defense) >= 2:
+            out.append(StepSpec(setting="adaptive", attack="pgd",
+                                params={"steps": n, "alpha": eps / 10},
+                                label=f"{tag}adaptive PGD-{n}, step ε/10 ({how}{suffix}, "
+                                      "mean loss)", eot=calls))
         return out
 
 
@@ -99,14 +122,25 @@ AUTO = "auto"
 NONE = "none"
 
 
-def resolve_preset(name: str, defense: Defense) -> tuple[str, list[StepSpec]]:
+def _concrete(name: str, defense: Defense) -> str:
+    return "rand" if name == AUTO and defense.traits.randomized else \
+        "standard" if name == AUTO else name
+
+
+def resolve_preset(name: str, defense: Defense, eps: float) -> tuple[str, list[StepSpec]]:
     """The preset ``name`` (``auto``: ``rand`` for a randomized defense, else ``standard``;
-    ``none``: no steps) resolved for ``defense``: (the preset's name, its steps)."""
+    ``none``: no steps) resolved for ``defense`` at budget ``eps``: (the preset's name, its
+    steps)."""
     if name == NONE:
         return NONE, []
-    if name == AUTO:
-        name = "rand" if defense.traits.randomized else "standard"
-    return name, PRESETS.get(name).steps(defense)
+    name = _concrete(name, defense)
+    return name, PRESETS.get(name).steps(defense, eps)
+
+
+def preset_revision(name: str, defense: Defense) -> int:
+    """The revision of the composition ``name`` resolves to for ``defense`` (1 for ``none``):
+    part of the evaluation id from revision 2 on."""
+    return 1 if name == NONE else PRESETS.get(_concrete(name, defense)).revision(defense)
 
 
 def preset_names() -> list[str]:

@@ -351,6 +351,30 @@ class RecordStore:
                                 "WHERE eval_id=? ORDER BY chunk", (eval_id,))
         return {int(c): json.loads(e) for c, e in rows}
 
+    def chunk_records(self, eval_id: str, chunk: int
+                      ) -> tuple[list[ExampleRecord], list[OutcomeRecord], float,
+                                 dict[int, float]]:
+        """One finished chunk's records: its examples, their outcomes, its wall time and its
+        per-step seconds."""
+        row = self._db.execute("SELECT seconds, step_seconds FROM chunks WHERE eval_id=? AND "
+                               "chunk=?", (eval_id, chunk)).fetchone()
+        if row is None:
+            from advguard.errors import AdvguardError
+
+            raise AdvguardError(f"evaluation {eval_id!r} has no finished chunk {chunk}")
+        examples = [ExampleRecord(int(e), int(lbl), int(c), None if f is None else int(f))
+                    for e, lbl, c, f in self._db.execute(
+                        "SELECT example, label, clean_correct_runs, fooled_by FROM examples "
+                        "WHERE eval_id=? AND chunk=? ORDER BY example", (eval_id, chunk))]
+        outcomes = [OutcomeRecord(int(e), int(s), int(r), bool(c), float(d), float(q))
+                    for e, s, r, c, d, q in self._db.execute(
+                        "SELECT o.example, o.step, o.run, o.correct, o.distance, o.queries "
+                        "FROM outcomes o JOIN examples x ON x.eval_id=o.eval_id AND "
+                        "x.example=o.example WHERE o.eval_id=? AND x.chunk=? "
+                        "ORDER BY o.example, o.step, o.run", (eval_id, chunk))]
+        return (examples, outcomes, float(row[0]),
+                {int(k): float(v) for k, v in json.loads(row[1]).items()})
+
     def chunk_seconds(self, eval_id: str) -> dict[int, float]:
         """Total wall time per step (-1 = clean) summed over chunks."""
         totals: dict[int, float] = {}

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,8 +167,6 @@ class GridExperiment(Experiment):
         return [cell.config.name for cell in expand(self)]
 
     def references(self, only: str | None) -> str | None:
-        import json
-
         wanted = set(self.selected(only))
         return json.dumps([cell.config.to_dict() for cell in expand(self)
                            if cell.config.name in wanted], default=str)
@@ -258,7 +257,7 @@ def expand(spec: GridExperiment) -> list[Cell]:
 
 
 # --------------------------------------------------------------------------- reporting
-def _cell_id(cell: Cell, cache: dict[Any, str]) -> str | None:
+def _cell_id(cell: Cell, cache: dict[Any, Any]) -> str | None:
     """The evaluation id the harness gives this cell (needs the model's weights and data size)."""
     from advguard.evaluation.harness import load_eval_data
 
@@ -268,12 +267,26 @@ def _cell_id(cell: Cell, cache: dict[Any, str]) -> str | None:
 
         if not Path(cfg.model).is_file():
             return None
-        cache[cfg.model] = model_fingerprint(load_checkpoint(cfg.model).model)
+        model = load_checkpoint(cfg.model).model
+        cache[cfg.model] = model_fingerprint(model)
+        cache[("model", cfg.model)] = model
     data_key = (cfg.dataset, cfg.split, cfg.data_root, cfg.n, cfg.subset, cfg.seed)
     if data_key not in cache:
         data = load_eval_data(cfg)
         cache[data_key] = f"{data.name}/{data.split}/{len(data)}"
-    return cfg.identity(f"{cache[cfg.model]}/{cache[data_key]}")
+    revision = 1
+    if cfg.preset_name != "none":  # the preset's composition depends on the defense's traits
+        from advguard.defenses import as_defense, build_defense
+        from advguard.evaluation.presets import preset_revision
+
+        defense_key = ("revision", cfg.model, cfg.preset_name, cfg.seed,
+                       json.dumps(cfg.defense, sort_keys=True, default=str))
+        if defense_key not in cache:
+            defense = as_defense(build_defense(cfg.defense, cache[("model", cfg.model)],
+                                               seed=cfg.seed))
+            cache[defense_key] = preset_revision(cfg.preset_name, defense)
+        revision = cache[defense_key]
+    return cfg.identity(f"{cache[cfg.model]}/{cache[data_key]}", revision)
 
 
 def collect(spec: GridExperiment) -> list[tuple[Cell, EvalSummary | None]]:
@@ -281,7 +294,7 @@ def collect(spec: GridExperiment) -> list[tuple[Cell, EvalSummary | None]]:
     from advguard.evaluation import summarize
 
     out: list[tuple[Cell, EvalSummary | None]] = []
-    cache: dict[Any, str] = {}
+    cache: dict[Any, Any] = {}
     if not Path(spec.store).is_file():
         return [(c, None) for c in expand(spec)]
     with RecordStore(spec.store) as store:
