@@ -196,6 +196,11 @@ def test_an_added_step_extends_earlier_records_exactly(
         parent = short.identity(info["environment"]["model_fingerprint"]
                                 + "/fashion-mnist-sample/test/15")
         assert info["environment"]["extends"] == {"evaluation": parent, "steps": 1}
+    from advguard.reports import markdown_report
+
+    assert f"extends evaluation `{parent}`: the clean runs and the first 1 steps" in \
+        markdown_report([extended])
+    with RecordStore(store) as db:
         # chunk 0 was extended: its clean and step-0 records and timings are the shorter
         # evaluation's, copied (not recomputed); chunk 2 was computed whole
         _, out0, _, secs0 = db.chunk_records(parent, 0)

@@ -115,6 +115,11 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
             f"advguard {e.get('advguard')} (commit {e.get('git_commit')}), torch "
             f"{e.get('torch')}, {e.get('device_name')}" for e in s.computed_in or [env])
         parts.append(f"- {computed}; {s.seconds:.0f} s")
+        extends = env.get("extends")
+        if extends:
+            parts.append(f"- extends evaluation `{extends['evaluation']}`: the clean runs and the "
+                         f"first {extends['steps']} steps of the chunks it had finished are its "
+                         "records (computed where it names), the later steps were computed here")
         parts.append("")
         header, rows = step_rows(s)
         parts += [render_table(header, rows, fmt="markdown"), ""]
