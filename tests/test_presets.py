@@ -198,7 +198,7 @@ def test_an_added_step_extends_earlier_records_exactly(
         assert info["environment"]["extends"] == {"evaluation": parent, "steps": 1}
     from advguard.reports import markdown_report
 
-    assert f"extends evaluation `{parent}`: the clean runs and the first 1 steps" in \
+    assert f"extends evaluation `{parent}`: the clean runs and step 0 of the chunks" in \
         markdown_report([extended])
     with RecordStore(store) as db:
         # chunk 0 was extended: its clean and step-0 records and timings are the shorter

@@ -117,9 +117,11 @@ def markdown_report(summaries: Sequence[EvalSummary], *, title: str = "advguard 
         parts.append(f"- {computed}; {s.seconds:.0f} s")
         extends = env.get("extends")
         if extends:
-            parts.append(f"- extends evaluation `{extends['evaluation']}`: the clean runs and the "
-                         f"first {extends['steps']} steps of the chunks it had finished are its "
-                         "records (computed where it names), the later steps were computed here")
+            k = int(extends["steps"])
+            copied = "step 0" if k == 1 else f"steps 0–{k - 1}"
+            parts.append(f"- extends evaluation `{extends['evaluation']}`: the clean runs and "
+                         f"{copied} of the chunks it had finished are its records (computed "
+                         "where it names); the later steps were computed here")
         parts.append("")
         header, rows = step_rows(s)
         parts += [render_table(header, rows, fmt="markdown"), ""]
