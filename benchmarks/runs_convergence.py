@@ -31,7 +31,7 @@ from _common import write_report
 from advguard.data import load_dataset
 from advguard.evaluation import EvalConfig, RecordStore, evaluate
 
-TRUSTED_FIELDS = ("model", "defense", "dataset", "split", "data_root", "norm", "eps", "runs",
+CELL_FIELDS = ("model", "defense", "dataset", "split", "data_root", "norm", "eps", "runs",
                   "batch_size", "device")
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         info = store.evaluation(eval_id)
         survivors = [e.example for e in store.examples(eval_id) if e.fooled_by is None]
     recorded: dict[str, Any] = info["config"]
-    base = {k: recorded[k] for k in TRUSTED_FIELDS if k in recorded}
+    base = {k: recorded[k] for k in CELL_FIELDS if k in recorded}
     n, runs = int(info["n"]), int(info["runs"])
     step = dict(recorded["steps"][args.step])
     step.pop("label", None)

@@ -123,8 +123,10 @@ NONE = "none"
 
 
 def _concrete(name: str, defense: Defense) -> str:
-    return "rand" if name == AUTO and defense.traits.randomized else \
-        "standard" if name == AUTO else name
+    """The preset ``auto`` stands for: ``rand`` for a randomized defense, else ``standard``."""
+    if name != AUTO:
+        return name
+    return "rand" if defense.traits.randomized else "standard"
 
 
 def resolve_preset(name: str, defense: Defense, eps: float) -> tuple[str, list[StepSpec]]:
