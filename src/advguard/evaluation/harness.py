@@ -39,6 +39,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -479,7 +480,9 @@ def _prefix_evaluation(db: RecordStore, config: EvalConfig, key: str, revision: 
                        for k in range(len(config.steps) - 1, 0, -1)]
     known = set(db.evaluation_ids())
     best: dict[str, Any] | None = None
-    ours = [(s.step, s.setting, s.white_box, s.attack) for s in steps]
+    ours = [(s.step, s.setting, s.white_box, json.loads(json.dumps(s.attack, sort_keys=True,
+                                                                    default=str)))
+            for s in steps]  # as the store gives them back
     for candidate in candidates:
         if candidate not in known:
             continue
