@@ -68,7 +68,7 @@ def main() -> None:
     step.pop("label", None)
     label = recorded["steps"][args.step].get("label") or step["attack"]
     data = load_dataset(base["dataset"], base["split"], root=base.get("data_root"))
-    rows = [(runs, len(survivors), "—", "—", 0.0)]
+    rows = [(runs, len(survivors), "—", "—", float(info["seconds"]))]
     print(f"{info['name']} ({eval_id}): {len(survivors)} of {n} robust over {runs} runs")
     seed = int(recorded.get("seed", 0))
     for k in range(1, args.sets + 1):
@@ -94,6 +94,8 @@ def main() -> None:
              f"Evaluation `{eval_id}` in `{args.store}` ({n} examples, {runs} runs); each further "
              f"set: {runs} runs with a new seed of its step {args.step} ({label}) on the "
              "examples still robust.", "",
+             "Seconds: each evaluation's computing time as recorded (the first row: the "
+             "evaluation itself, every step).", "",
              "| runs | robust examples | worst case % | failed a clean run | fooled | seconds |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r} | {s} | {100 * s / n:.1f} | {c} | {f} | {t:.0f} |" for r, s, c, f, t in rows]
