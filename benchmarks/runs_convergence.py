@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import write_report
 from advguard.data import load_dataset
+from advguard.errors import AdvguardError
 from advguard.evaluation import EvalConfig, RecordStore, evaluate
 
 CELL_FIELDS = ("model", "defense", "dataset", "split", "data_root", "norm", "eps", "runs",
@@ -39,10 +41,10 @@ def _find(store: RecordStore, wanted: str) -> str:
     ids = store.evaluation_ids()
     if wanted in ids:
         return wanted
-    named = [i for i in ids if store.evaluation(i)["name"] == wanted
-             and store.evaluation(i)["status"] == "complete"]
+    infos = [store.evaluation(i) for i in ids]
+    named = [e["id"] for e in infos if e["name"] == wanted and e["status"] == "complete"]
     if not named:
-        raise SystemExit(f"no complete evaluation named or with id {wanted!r} in {store.path}")
+        raise AdvguardError(f"no complete evaluation named or with id {wanted!r} in {store.path}")
     return named[-1]
 
 
@@ -56,7 +58,17 @@ def main() -> None:
     parser.add_argument("--scratch", default="results/runs_convergence.sqlite")
     parser.add_argument("--output", default="benchmarks/results/runs_convergence.md")
     args = parser.parse_args()
+    if args.sets < 1:
+        parser.error(f"--sets must be >= 1, got {args.sets}")
+    if not Path(args.store).is_file():
+        parser.error(f"no record store at {args.store}")
+    try:
+        run(args)
+    except AdvguardError as exc:
+        parser.exit(2, f"runs_convergence: error: {exc}\n")
 
+
+def run(args: argparse.Namespace) -> None:
     with RecordStore(args.store) as store:
         eval_id = _find(store, args.evaluation)
         info = store.evaluation(eval_id)
@@ -64,6 +76,9 @@ def main() -> None:
     recorded: dict[str, Any] = info["config"]
     base = {k: recorded[k] for k in CELL_FIELDS if k in recorded}
     n, runs = int(info["n"]), int(info["runs"])
+    if not -len(recorded["steps"]) <= args.step < len(recorded["steps"]):
+        raise AdvguardError(f"--step {args.step}: evaluation {eval_id} has "
+                            f"{len(recorded['steps'])} steps (0–{len(recorded['steps']) - 1})")
     step = dict(recorded["steps"][args.step])
     step.pop("label", None)
     label = recorded["steps"][args.step].get("label") or step["attack"]

@@ -396,8 +396,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         step_records = [StepRecord(-1, "clean", "clean", False, {})] + [
             StepRecord(i, p.spec.display, p.spec.setting, p.white_box, p.attack.to_dict())
             for i, p in enumerate(prepared)]
-        existing = eval_id in db.evaluation_ids()
-        if existing:
+        if eval_id in db.evaluation_ids():
             _check_same_defense_weights(db, eval_id, config.name or eval_id,
                                         ctx.environment["defense_fingerprint"])
             extends = db.evaluation(eval_id)["environment"].get("extends")
@@ -439,7 +438,7 @@ def evaluate(config: EvalConfig, *, store: RecordStore | str | Path,
         bounds = [(c, c * config.batch_size, min(len(data), (c + 1) * config.batch_size))
                   for c in range(n_chunks)]
         tasks = [ChunkTask(c, data.images[lo:hi], data.labels[lo:hi], indices[lo:hi],
-                           _prior(db, extends, c) if c in parent_chunks else None)
+                           _prior(db, extends, c) if extends and c in parent_chunks else None)
                  for c, lo, hi in bounds if c not in done]
         job = ChunkJob(config, given, load_model,
                        os.getcwd(), f"{eval_id}/{uuid.uuid4().hex}", context=ctx)
@@ -494,9 +493,8 @@ def _prefix_evaluation(db: RecordStore, config: EvalConfig, key: str, revision: 
     return best
 
 
-def _prior(db: RecordStore, extends: dict[str, Any] | None, chunk: int) -> ChunkPrior | None:
-    if extends is None:
-        return None
+def _prior(db: RecordStore, extends: dict[str, Any], chunk: int) -> ChunkPrior:
+    """The records of ``chunk`` in the evaluation this one ``extends``, to run its later steps."""
     examples, outcomes, seconds, step_seconds = db.chunk_records(extends["evaluation"], chunk)
     return ChunkPrior(int(extends["steps"]), examples, outcomes, seconds, step_seconds)
 

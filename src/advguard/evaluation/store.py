@@ -326,16 +326,22 @@ class RecordStore:
                                 "WHERE eval_id=? ORDER BY step", (eval_id,))
         return [StepRecord(int(s), lbl, st, bool(w), json.loads(a)) for s, lbl, st, w, a in rows]
 
-    def examples(self, eval_id: str) -> list[ExampleRecord]:
+    def examples(self, eval_id: str, chunk: int | None = None) -> list[ExampleRecord]:
+        """The evaluation's examples (those of one ``chunk`` when given)."""
+        where, args = ("", (eval_id,)) if chunk is None else (" AND chunk=?", (eval_id, chunk))
         rows = self._db.execute("SELECT example, label, clean_correct_runs, fooled_by FROM "
-                                "examples WHERE eval_id=? ORDER BY example", (eval_id,))
+                                f"examples WHERE eval_id=?{where} ORDER BY example", args)
         return [ExampleRecord(int(e), int(lbl), int(c), None if f is None else int(f))
                 for e, lbl, c, f in rows]
 
-    def outcomes(self, eval_id: str) -> list[OutcomeRecord]:
+    def outcomes(self, eval_id: str, chunk: int | None = None) -> list[OutcomeRecord]:
+        """The evaluation's outcomes (those of one ``chunk``'s examples when given)."""
+        where, args = ("", (eval_id,)) if chunk is None else (
+            " AND example IN (SELECT example FROM examples WHERE eval_id=? AND chunk=?)",
+            (eval_id, eval_id, chunk))
         rows = self._db.execute("SELECT example, step, run, correct, distance, queries FROM "
-                                "outcomes WHERE eval_id=? ORDER BY example, step, run",
-                                (eval_id,))
+                                f"outcomes WHERE eval_id=?{where} ORDER BY example, step, run",
+                                args)
         return [OutcomeRecord(int(e), int(s), int(r), bool(c), float(d), float(q))
                 for e, s, r, c, d, q in rows]
 
@@ -362,17 +368,7 @@ class RecordStore:
             from advguard.errors import AdvguardError
 
             raise AdvguardError(f"evaluation {eval_id!r} has no finished chunk {chunk}")
-        examples = [ExampleRecord(int(e), int(lbl), int(c), None if f is None else int(f))
-                    for e, lbl, c, f in self._db.execute(
-                        "SELECT example, label, clean_correct_runs, fooled_by FROM examples "
-                        "WHERE eval_id=? AND chunk=? ORDER BY example", (eval_id, chunk))]
-        outcomes = [OutcomeRecord(int(e), int(s), int(r), bool(c), float(d), float(q))
-                    for e, s, r, c, d, q in self._db.execute(
-                        "SELECT o.example, o.step, o.run, o.correct, o.distance, o.queries "
-                        "FROM outcomes o JOIN examples x ON x.eval_id=o.eval_id AND "
-                        "x.example=o.example WHERE o.eval_id=? AND x.chunk=? "
-                        "ORDER BY o.example, o.step, o.run", (eval_id, chunk))]
-        return (examples, outcomes, float(row[0]),
+        return (self.examples(eval_id, chunk), self.outcomes(eval_id, chunk), float(row[0]),
                 {int(k): float(v) for k, v in json.loads(row[1]).items()})
 
     def chunk_seconds(self, eval_id: str) -> dict[int, float]:

@@ -60,6 +60,8 @@ from advguard.evaluation.harness import model_fingerprint
 from advguard.experiments.base import Experiment
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from advguard.evaluation.executors import Executor
 
 METRICS = ("clean", "clean_worst", "robust")
@@ -257,36 +259,45 @@ def expand(spec: GridExperiment) -> list[Cell]:
 
 
 # --------------------------------------------------------------------------- reporting
-def _cell_id(cell: Cell, cache: dict[Any, Any]) -> str | None:
-    """The evaluation id the harness gives this cell (needs the model's weights and data size)."""
+@dataclass
+class _IdCache:
+    """What computing the cells' ids loads once per experiment: each checkpoint (and its
+    fingerprint), each data selection's size, each defense's preset revision."""
+
+    models: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    data: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    revisions: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+def _cell_id(cell: Cell, cache: _IdCache) -> str | None:
+    """The evaluation id the harness gives this cell (needs the model's weights, the data size
+    and, under a preset, the defense's traits)."""
     from advguard.evaluation.harness import load_eval_data
 
     cfg = cell.config
-    if cfg.model not in cache:
+    if cfg.model not in cache.models:
         from advguard.checkpoint import load_checkpoint
 
         if not Path(cfg.model).is_file():
             return None
         model = load_checkpoint(cfg.model).model
-        cache[cfg.model] = model_fingerprint(model)
-        cache[("model", cfg.model)] = model
+        cache.models[cfg.model] = (model, model_fingerprint(model))
+    model, fingerprint = cache.models[cfg.model]
     data_key = (cfg.dataset, cfg.split, cfg.data_root, cfg.n, cfg.subset, cfg.seed)
-    if data_key not in cache:
+    if data_key not in cache.data:
         data = load_eval_data(cfg)
-        cache[data_key] = f"{data.name}/{data.split}/{len(data)}"
+        cache.data[data_key] = f"{data.name}/{data.split}/{len(data)}"
     revision = 1
     if cfg.preset_name != "none":  # the preset's composition depends on the defense's traits
         from advguard.defenses import as_defense, build_defense
         from advguard.evaluation.presets import preset_revision
 
-        defense_key = ("revision", cfg.model, cfg.preset_name, cfg.seed,
-                       json.dumps(cfg.defense, sort_keys=True, default=str))
-        if defense_key not in cache:
-            defense = as_defense(build_defense(cfg.defense, cache[("model", cfg.model)],
-                                               seed=cfg.seed))
-            cache[defense_key] = preset_revision(cfg.preset_name, defense)
-        revision = cache[defense_key]
-    return cfg.identity(f"{cache[cfg.model]}/{cache[data_key]}", revision)
+        key = (cfg.model, cfg.preset_name, json.dumps(cfg.defense, sort_keys=True, default=str))
+        if key not in cache.revisions:
+            defense = as_defense(build_defense(cfg.defense, model, seed=cfg.seed))
+            cache.revisions[key] = preset_revision(cfg.preset_name, defense)
+        revision = cache.revisions[key]
+    return cfg.identity(f"{fingerprint}/{cache.data[data_key]}", revision)
 
 
 def collect(spec: GridExperiment) -> list[tuple[Cell, EvalSummary | None]]:
@@ -294,7 +305,7 @@ def collect(spec: GridExperiment) -> list[tuple[Cell, EvalSummary | None]]:
     from advguard.evaluation import summarize
 
     out: list[tuple[Cell, EvalSummary | None]] = []
-    cache: dict[Any, Any] = {}
+    cache = _IdCache()
     if not Path(spec.store).is_file():
         return [(c, None) for c in expand(spec)]
     with RecordStore(spec.store) as store:
