@@ -152,6 +152,10 @@ def test_mi_ol_pool_comes_from_training_data_never_test() -> None:
     test = load_dataset("fashion-mnist-sample", "test")
     with pytest.raises(ConfigError, match="test split"):
         MixupInference(_Linear(), pool=test)
+    with pytest.raises(ConfigError, match="must be a dataset spec"):
+        MixupInference(_Linear(), pool=7)  # type: ignore[arg-type]
+    by_name = MixupInference(_Linear(), pool="fashion-mnist-sample")  # a name: its train split
+    assert len(by_name.pool_labels) == len(train.labels)
     small = ImageDataset(images=torch.rand(2, 1, 2, 2), labels=torch.tensor([0, 1]),
                          classes=("a", "b", "c"), name="toy", split="train")
     with pytest.raises(ConfigError, match="all 3 classes"):

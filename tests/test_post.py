@@ -241,13 +241,11 @@ def test_post_training_data_is_training_data_that_fits_the_model() -> None:
     test = load_dataset("fashion-mnist-sample", "test")
     with pytest.raises(ConfigError, match="must not come from the test split"):
         PostTrain(model, data=test)
-    rgb = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Flatten(), nn.Linear(4 * 13 * 13, 10))
     from advguard.models import create_model
     rgb_model = create_model("lenet5", num_classes=10, in_channels=3)
     with pytest.raises(ConfigError, match=r"does not fit the model.*channels 1 vs 3"):
         build_defense({"name": "post_train", "data": {"dataset": "fashion-mnist-sample"}},
                       rgb_model)
-    del rgb
     images, labels = _pool(100)
     with pytest.raises(ConfigError, match=r"no images of class\(es\) \[9\]"):
         PostTrain(create_model("lenet5", num_classes=10, in_channels=1),
@@ -258,6 +256,11 @@ def test_post_training_data_is_training_data_that_fits_the_model() -> None:
         build_defense({"name": "post_train", "data": {"dataset": "no-such-data"}}, model)
     with pytest.raises(ConfigError, match="needs a 'dataset'"):
         build_defense({"name": "post_train", "data": {"n": 10}}, model)
+    for bad_data in (5, [1, 2], "no-such-data"):
+        with pytest.raises(ConfigError, match=r"must be a dataset spec|no-such-data"):
+            build_defense({"name": "post_train", "data": bad_data}, model)
+    by_name = build_defense({"name": "post_train", "data": "fashion-mnist-sample"}, model)
+    assert len(by_name.pool.labels) == len(load_dataset("fashion-mnist-sample", "train").labels)
     with pytest.raises(ConfigError, match="iterations must be an int >= 0"):
         _defense(model, iterations=-1)
     for bad in (float("nan"), float("inf"), 0.0):

@@ -78,18 +78,26 @@ def load_pool(spec: Mapping[str, Any], *, role: str = "MI-OL pool") -> ImageData
                              spec.get("root"))
 
 
-def pool_tensors(pool: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor], *,
-                 role: str = "MI-OL pool") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (P, C, H, W) and labels (P,) of a pool given as a spec (:func:`load_pool`), a
-    dataset (never the test split) or a pair of tensors."""
+def pool_tensors(pool: str | Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+                 *, role: str = "MI-OL pool") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (P, C, H, W) and labels (P,) of a pool given as a spec (:func:`load_pool`; a
+    dataset name alone means its training split), a dataset (never the test split) or a pair
+    of tensors."""
+    if isinstance(pool, str):  # a dataset name: its training split
+        pool = {"dataset": pool}
     if isinstance(pool, Mapping):
         pool = load_pool(pool, role=role)
     if isinstance(pool, ImageDataset):
         if pool.split == "test":
             raise ConfigError(f"the {role} must not come from the test split")
         images, labels = pool.images, pool.labels
-    else:
+    elif (isinstance(pool, (tuple, list)) and len(pool) == 2
+          and all(isinstance(t, torch.Tensor) for t in pool)):
         images, labels = pool
+    else:
+        raise ConfigError(f"the {role} must be a dataset spec (e.g. {{dataset: fashion-mnist}}), "
+                          f"a dataset or a pair of tensors (images, labels), got "
+                          f"{type(pool).__name__} {pool!r:.60}")
     if images.dim() != 4 or labels.shape != (images.shape[0],) or len(labels) == 0:
         raise ConfigError(f"the {role} must be images (P, C, H, W) with labels (P,), P >= 1")
     return images, labels
@@ -132,7 +140,7 @@ class MixupInference(Defense):
     class_start: torch.Tensor
 
     def __init__(self, model: nn.Module, *, lam: float = 0.5, samples: int = 30,
-                 pool: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+                 pool: str | Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
                  chunk: int = 10, seed: int = 0) -> None:
         super().__init__(seed=seed)
         if not 0.0 <= lam <= 1.0:

@@ -261,7 +261,7 @@ class PostTrain(Defense):
     """
 
     def __init__(self, model: nn.Module, *,
-                 data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+                 data: str | Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
                  eps: float = 8 / 255, neighbour_alpha: float = 10 / 255,
                  neighbour_steps: int = 20, neighbour: NeighbourSearch = "untargeted",
                  neighbour_early_stop: bool = True,
@@ -386,7 +386,8 @@ class PostTrain(Defense):
                 f"per_class={self.per_class}, eps={self.eps:.4g}")
 
 
-def _pool_tensors(data: Mapping[str, Any] | ImageDataset | tuple[torch.Tensor, torch.Tensor],
+def _pool_tensors(data: str | Mapping[str, Any] | ImageDataset
+                  | tuple[torch.Tensor, torch.Tensor],
                   model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The training images a spec names (never the test split), checked against ``model``:
     the same channels and size, and images of every class the model predicts. Returns
