@@ -175,6 +175,9 @@ def test_config_validation_and_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "weights.yaml").write_bytes(b"\xc0\xff\x00binary")  # e.g. a checkpoint
+    with pytest.raises(ConfigError, match="not a YAML file"):
+        TrainConfig.from_file(tmp_path / "weights.yaml")
 
 
 def test_zero_epochs_writes_the_initialized_model(tmp_path: Path) -> None:
