@@ -225,6 +225,12 @@ API_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("32x32 into a 28x28 model", lambda: build_defense("none", _model())(
         torch.rand(2, 1, 32, 32)), InputValidationError,
      "have shape 1x32x32 but the model takes 1x28x28 images"),
+    ("3 channels through a pipeline (Guo)", lambda: build_defense("guo", _model())(
+        torch.rand(2, 3, 28, 28)), InputValidationError,
+     "have shape 3x28x28 but the model takes 1x28x28 images"),
+    ("32x32 through an average of Xie", lambda: build_defense(
+        {"name": "averaged", "defense": "xie", "n": 2}, _model())(torch.rand(2, 1, 32, 32)),
+     InputValidationError, "have shape 1x32x32 but the model takes 1x28x28 images"),
     ("0-255 images", lambda: build_defense("none", _model())(X * 255), InputValidationError,
      "must lie in [0, 1]"),
     ("NaN images", lambda: build_defense("none", _model())(X * float("nan")),
