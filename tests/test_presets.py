@@ -208,6 +208,15 @@ def test_an_added_step_extends_earlier_records_exactly(
         assert set(out0) <= set(out1) and {-1: secs0[-1], 0: secs0[0]} == \
             {-1: secs1[-1], 0: secs1[0]} and 1 in secs1
         assert 2 not in db.finished_chunks(parent)
+        # the commits that computed the copied records are named with the extended evaluation's
+        db._db.execute("UPDATE chunk_environments SET environment="
+                       "json_set(environment, '$.git_commit', 'earlier') WHERE eval_id=?",
+                       (parent,))
+        db._db.commit()
+        from advguard.evaluation.summary import summarize
+
+        commits = [e.get("git_commit") for e in summarize(db, extended.eval_id).computed_in]
+        assert commits[0] == "earlier" and len(commits) == 2
 
 
 def test_a_new_preset_revision_extends_the_records_of_the_old_one(

@@ -127,10 +127,16 @@ def summarize(store: RecordStore, eval_id: str) -> EvalSummary:
 
 def _computed_in(store: RecordStore, eval_id: str,
                  environment: dict[str, Any]) -> list[dict[str, Any]]:
-    """The distinct environments (by device and commit) that computed the evaluation's chunks."""
+    """The distinct environments (by device and commit) that computed the evaluation's chunks —
+    and, for an evaluation that extends an earlier one, those that computed the records it
+    copied (when that evaluation is in the store)."""
     recorded = store.chunk_environments(eval_id)
     chunks = sorted(store.finished_chunks(eval_id))
     envs = [recorded.get(c, environment) for c in chunks] or [environment]
+    extends = (environment.get("extends") or {}).get("evaluation")
+    if extends and extends != eval_id and extends in store.evaluation_ids():
+        earlier = store.evaluation(extends)["environment"]
+        envs = _computed_in(store, extends, earlier) + envs
     out: list[dict[str, Any]] = []
     seen: set[tuple[Any, Any]] = set()
     for env in envs:
