@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from torch import nn
 
@@ -110,6 +111,20 @@ def test_run_and_report_from_records(tmp_path: Path, fmnist_model: nn.Module) ->
     assert (f"| bits2 | — | {100 * (gained - lost) / 30:+.1f} ({lost} / {gained}, "
             f"p {mcnemar_exact(lost, gained):.2g}) |") in report  # bits2/0.05 is excluded: —
     assert "Paired with **none**" in report
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, tmp_path / "missing.safetensors")
+    trained: list[str] = []
+    monkeypatch.setattr(type(spec), "train_models",
+                        lambda self, **kw: trained.append("x") or [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        spec.run(progress=False, device="cuda")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        spec.run(progress=False, device="tpu")
+    assert trained == [] and not Path(spec.store).exists()
 
 
 def test_grid_cells_run_on_the_given_executor(tmp_path: Path, fmnist_model: nn.Module) -> None:

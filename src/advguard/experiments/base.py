@@ -108,8 +108,19 @@ class Experiment(ABC):
         ``executor``, default in this process). Resumable: an interrupted run continues where
         it stopped."""
         self.check_executor(executor)  # before any training
+        self.check_device(device, executor)
         self.train_models(progress=progress, only=only)
         self.compute(only=only, progress=progress, device=device, executor=executor)
+
+    @staticmethod
+    def check_device(device: str | None, executor: Executor | None) -> None:
+        """An evaluation device this machine does not have is one error before any training
+        (with Ray, the workers resolve it: they may have devices this process does not)."""
+        from advguard.evaluation.executors import LocalExecutor
+        from advguard.utils import resolve_device
+
+        if device is not None and (executor is None or isinstance(executor, LocalExecutor)):
+            resolve_device(device)
 
     def check_executor(self, executor: Executor | None) -> None:
         """One error when ``executor`` is not the in-process one and this kind cannot use it."""
