@@ -448,9 +448,6 @@ def _check_fits(defense: nn.Module, x: torch.Tensor) -> None:
             raise InputValidationError(f"{who} are {x.dtype} but the model's weights are "
                                        f"{weight.dtype}; convert them (e.g. x.float())")
     facts = input_facts(defense)
-    if facts.channels is None and facts.size is None and isinstance(defense, Defense):
-        with contextlib.suppress(NotImplementedError):  # a pipeline or composite: the facts
-            facts = input_facts(defense.base_model)    # of the classifier it is built on
     if not facts.takes(tuple(x.shape[1:])):
         c, h, w = x.shape[1:]
         raise InputValidationError(f"{who} have shape {c}x{h}x{w} but the model takes "

@@ -81,13 +81,21 @@ def input_facts(model: nn.Module, metadata: dict[str, Any] | None = None) -> Inp
     """The facts a model carries: its ``spec`` (``num_classes``, ``in_channels``,
     ``input_size``), the ``dataset`` in its checkpoint ``metadata`` (or set as
     ``model.dataset_name`` by the caller); unknown facts are None. A wrapped model (a
-    defense) reports the facts of its ``model`` attribute."""
+    defense) reports the facts of its ``model`` attribute, or of its ``base_model`` (pipelines
+    and composites)."""
     from advguard.models import ModelSpec
 
     inner: nn.Module = model
-    while not isinstance(getattr(inner, "spec", None), ModelSpec) and isinstance(
-            getattr(inner, "model", None), nn.Module):
-        inner = inner.model  # type: ignore[assignment]
+    while not isinstance(getattr(inner, "spec", None), ModelSpec):
+        wrapped = getattr(inner, "model", None)
+        if not isinstance(wrapped, nn.Module):  # a pipeline or composite: its base classifier
+            try:
+                wrapped = getattr(inner, "base_model", None)
+            except NotImplementedError:
+                wrapped = None
+        if not isinstance(wrapped, nn.Module) or wrapped is inner:
+            break
+        inner = wrapped
     spec = getattr(inner, "spec", None)
     kwargs = spec.kwargs if isinstance(spec, ModelSpec) else {}
     size = kwargs.get("input_size")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from advguard.errors import AdvguardError
 from advguard.evaluation.store import FlagRecord, RecordStore, StepRecord
 from advguard.stats import accuracy_interval
 
@@ -134,9 +135,13 @@ def _computed_in(store: RecordStore, eval_id: str,
     chunks = sorted(store.finished_chunks(eval_id))
     envs = [recorded.get(c, environment) for c in chunks] or [environment]
     extends = (environment.get("extends") or {}).get("evaluation")
-    if extends and extends != eval_id and extends in store.evaluation_ids():
-        earlier = store.evaluation(extends)["environment"]
-        envs = _computed_in(store, extends, earlier) + envs
+    if extends and extends != eval_id:
+        try:
+            earlier = store.evaluation(extends)["environment"]
+        except AdvguardError:  # not in this store (e.g. records loaded without it)
+            earlier = None
+        if earlier is not None:
+            envs = _computed_in(store, extends, earlier) + envs
     out: list[dict[str, Any]] = []
     seen: set[tuple[Any, Any]] = set()
     for env in envs:
