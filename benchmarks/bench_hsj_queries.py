@@ -59,8 +59,7 @@ def _measure(path: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespa
 
     batch = _Recorder(model)
     start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    result = attack(batch, x, y)
+    result = attack(batch, x, y, generator=torch.Generator().manual_seed(args.seed))
     batch_seconds = time.perf_counter() - start
     batch_queries = float(result.queries)
     batch_fooled = int(result.success.sum())
@@ -71,8 +70,8 @@ def _measure(path: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespa
     for i in range(args.n):
         rec = _Recorder(model)
         start = time.perf_counter()
-        torch.manual_seed(args.seed)
-        res = attack(rec, x[i:i + 1], y[i:i + 1])
+        res = attack(rec, x[i:i + 1], y[i:i + 1],
+                     generator=torch.Generator().manual_seed(args.seed))
         one_seconds += time.perf_counter() - start
         points = torch.cat(rec.batches)
         with torch.no_grad():
@@ -137,8 +136,8 @@ def main() -> int:
         "",
         f"HopSkipJump (foolbox 3.3.4; L∞, eps {args.eps}, {args.steps} steps, "
         f"{args.initial_gradient_eval_steps}–{args.max_gradient_eval_steps} queries per "
-        f"gradient estimate, blended-noise start; torch seeded with {args.seed} before each "
-        f"attack call) on the model alone, first {args.n} {args.dataset} test images.",
+        f"gradient estimate, blended-noise start; each attack call given a generator seeded "
+        f"with {args.seed}) on the model alone, first {args.n} {args.dataset} test images.",
     ]
     data = load_dataset(args.dataset, "test")
     for path in args.model:
