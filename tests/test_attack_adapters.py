@@ -318,6 +318,112 @@ def test_decision_attack_without_starting_point_returns_clean(
     assert "failed to draw sufficient random inputs" in caplog.text
 
 
+class _NearPrototype(nn.Module):
+    """Class 1 within L2 distance 1 of a prototype (0.5 everywhere), class 0 elsewhere: uniform
+    noise in [0, 1] (at distance ~2.3 on 8×8) is always class 0, so for inputs of class 0
+    foolbox's noise start finds nothing, while images near the prototype are adversarial."""
+
+    def __init__(self, proto: torch.Tensor) -> None:
+        super().__init__()
+        self.proto = proto
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dist = (x - self.proto).flatten(1).norm(dim=1)
+        logits = torch.full((len(x), NUM_CLASSES), -10.0, device=x.device)
+        logits[:, 0] = 0.0
+        logits[:, 1] = 1.0 - dist
+        return logits
+
+
+def _near_prototype_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor,
+                                    tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    proto = torch.full((1, 8, 8), 0.5)
+    model = _NearPrototype(proto).eval()
+    x = torch.rand(6, 1, 8, 8, generator=g).round()  # binary images: far from the prototype
+    y = torch.zeros(6, dtype=torch.int64)
+    near = (proto + 0.05 * torch.randn(10, 1, 8, 8, generator=g)).clamp(0, 1)
+    far = torch.rand(10, 1, 8, 8, generator=g).round()
+    pool = (torch.cat([near, far]), torch.cat([torch.ones(10), torch.zeros(10)]).long())
+    with torch.no_grad():
+        assert bool((model(x).argmax(1) == 0).all()) and bool((model(near).argmax(1) == 1).all())
+    return model, x, y, pool
+
+
+@pytest.mark.parametrize(("name", "norm"), DECISION)
+def test_decision_attack_starts_from_pool_where_noise_fails(name: str, norm: str) -> None:
+    from advguard.data import ImageDataset
+
+    model, x, y, (images, labels) = _near_prototype_case()
+    pool = ImageDataset(images, labels, tuple("abcd"), "toy", "train")
+    eps = 1.0 if norm == "linf" else 8.0  # every start is inside the ball
+    noise = build(name, norm, eps)(model, x, y, generator=gen())
+    assert not bool(noise.success.any()) and torch.equal(noise.adv, x)
+    data = build(name, norm, eps, start_from=pool, start_candidates=5)(model, x, y,
+                                                                      generator=gen())
+    assert bool(data.success.all())
+    data_attack = build(name, norm, eps, start_from=pool, start_candidates=5)
+    data_attack.threat.verify(data.adv, x)
+    # clean check + 5 candidates per input, before the attack's own queries
+    assert data.queries > 1 + 5
+
+
+def test_pool_starts_skip_inputs_already_misclassified() -> None:
+    from advguard.data import ImageDataset
+
+    model, _, _, (images, labels) = _near_prototype_case()
+    pool = ImageDataset(images, labels, tuple("abcd"), "toy", "train")
+    wrong = images[:2]                                   # class-1 images labelled 0
+    result = make_attack("hsj", eps=0.3, norm="linf", steps=1, start_from=pool,
+                         start_candidates=20)(model, wrong, torch.zeros(2, dtype=torch.int64),
+                                              generator=gen())
+    assert bool(result.success.all()) and torch.equal(result.adv, wrong)
+    assert result.queries <= 5  # clean checks (base, start search, todo, final): no candidates
+
+
+def test_data_starts_pick_the_nearest_adversarial_candidate() -> None:
+    from advguard.attacks.foolbox_attacks import _data_starts
+
+    model, x, y, (images, labels) = _near_prototype_case()
+    # two adversarial (class 1) pool images: the prototype, at L∞ distance 0.5 from every
+    # binary input, and the prototype + 0.1 (distance 0.6; L2 0.8 from the prototype, still
+    # class 1); 40 draws from the 2 miss one of them with probability 2·2⁻⁴⁰ per input
+    a, b = torch.full((1, 8, 8), 0.5), torch.full((1, 8, 8), 0.6)
+    pool = (torch.stack([a, b, *images[10:]]), torch.tensor([1, 1, *labels[10:].tolist()]))
+    torch.manual_seed(0)
+    starts, found = _data_starts(model, x, y, False, pool, 40, "linf")
+    assert bool(found.all())
+    assert torch.equal(starts, a.expand_as(x))
+    # targeted at class 1: the candidates are the pool's class-1 images, all hits
+    starts_t, found_t = _data_starts(model, x, torch.ones_like(y), True, pool, 4, "l2")
+    assert bool(found_t.all())
+    with torch.no_grad():
+        assert bool((model(starts_t).argmax(1) == 1).all())
+    # a target class without pool images: a clear error
+    with pytest.raises(ConfigError, match="no image of class 2"):
+        _data_starts(model, x, torch.full_like(y, 2), True, pool, 4, "l2")
+
+
+def test_start_pool_errors(task: Task) -> None:
+    _, _, _, (images, labels) = _near_prototype_case()
+    with pytest.raises(ConfigError, match="start_from must be a pool spec"):
+        make_attack("hsj", eps=0.1, start_from=3)
+    with pytest.raises(ConfigError, match="never 'test'"):
+        make_attack("hsj", eps=0.1, start_from={"dataset": "fashion-mnist", "split": "test"})
+    with pytest.raises(ConfigError, match="start_candidates must be >= 1"):
+        make_attack("hsj", eps=0.1, start_candidates=0)
+    from advguard.data import ImageDataset
+
+    wrong = ImageDataset(images[:, :, :4, :4].contiguous(), labels, tuple("abcd"), "toy", "train")
+    attack = make_attack("hsj", eps=0.1, steps=1, start_from=wrong)
+    with pytest.raises(ConfigError, match="must come from the inputs' dataset"):
+        attack(task.model, task.x, task.y, generator=gen())
+    one_class = ImageDataset(images[10:], labels[10:], tuple("abcd"), "toy", "train")
+    with pytest.raises(ConfigError, match="no image of a class other than 0"):
+        make_attack("hsj", eps=0.1, steps=1, start_from=one_class)(
+            task.model, task.x[task.y == 0][:2], task.y[task.y == 0][:2], generator=gen())
+
+
 def test_autoattack_checks_are_logged_not_printed(
         task: Task, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     defense = Pipeline([GaussianNoise(sigma=0.1)], task.model, seed=0)

@@ -21,11 +21,17 @@ rules:
 * **output** — foolbox's warnings are logged at INFO on ``advguard.attacks.foolbox_attacks``;
   errors propagate.
 
-Decision-based attacks (HopSkipJump, Boundary) need an adversarial starting point. It is found
-with foolbox's own default, ``LinearSearchBlendedUniformNoiseAttack`` (50 blending steps), run
-here rather than inside foolbox because foolbox raises ``ValueError`` for the whole batch when it
-fails for a single input; inputs without a starting point are returned unchanged (the base then
-reports them as not fooled).
+Decision-based attacks (HopSkipJump, Boundary) need an adversarial starting point. By default it
+is found with foolbox's own default, ``LinearSearchBlendedUniformNoiseAttack`` (50 blending
+steps), run here rather than inside foolbox because foolbox raises ``ValueError`` for the whole
+batch when it fails for a single input; inputs without a starting point are returned unchanged
+(the base then reports them as not fooled). With ``start_from`` (a pool of training images, as
+MI-OL's and POST's: ``{"dataset": "fashion-mnist"}``) an input starts instead from the nearest,
+in the attack's norm, of ``start_candidates`` pool images of other classes (of the target class
+when targeted) that the model classifies adversarially — real images, which a model rarely
+assigns to one class the way it may assign all uniform noise, at the cost of
+``start_candidates`` queries and no blending search; inputs none of whose candidates is
+adversarial fall back to the noise search.
 
 On a model that declares ``traits.randomized`` the decision flips between identical queries, which
 breaks both attacks, so they query a :class:`~advguard.attacks.wrappers.MajorityVote` over
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +62,7 @@ from advguard.attacks.autoattack import (
 )
 from advguard.attacks.base import ATTACKS, Attack, Norm
 from advguard.attacks.wrappers import MajorityVote
+from advguard.data import ImageDataset
 from advguard.errors import ConfigError
 from advguard.utils import frozen_params
 
@@ -127,10 +135,19 @@ class _Foolbox(Attack):
         if self.norm not in norms:
             raise ConfigError(f"attack {self.name!r} supports norms {norms}, got {self.norm!r}")
         for key in ("steps", "binary_search_steps", "initial_gradient_eval_steps",
-                    "max_gradient_eval_steps", "population", "vote_samples"):
+                    "max_gradient_eval_steps", "population", "vote_samples", "start_candidates"):
             value = getattr(self, key, 1)
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        pool = getattr(self, "start_from", None)
+        if pool is not None:  # checked (and loaded: cached) before any query
+            if not isinstance(pool, (str, Mapping, ImageDataset)):
+                raise ConfigError(f"start_from must be a pool spec (e.g. {{dataset: "
+                                  f"fashion-mnist}}) or a dataset, got {type(pool).__name__} "
+                                  f"{pool!r:.60}")
+            from advguard.defenses.mixup_inference import pool_tensors
+
+            pool_tensors(pool, role="starting-point pool")
 
     def _build(self, fb: Any) -> Any:
         """The configured foolbox attack object."""
@@ -160,8 +177,24 @@ class _Foolbox(Attack):
                                                                          15))))
         fmodel = fb.PyTorchModel(_AsGiven(model), bounds=(0, 1), device=x.device)
         labels, targeted = (y, False) if target is None else (target, True)
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=_BLEND_STEPS)
-        starts = init.run(fmodel, x, _criterion(fb, y, target))
+        starts = x.clone()
+        noise = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        pool = getattr(self, "start_from", None)
+        if pool is not None:  # inputs the model already gets wrong need no start
+            with torch.no_grad():
+                noise = ~_hits(model(x), labels, targeted)
+            rows = noise.nonzero().flatten()
+            if rows.numel():
+                found_starts, found = _data_starts(
+                    model, x[rows], labels[rows], targeted, pool,
+                    int(getattr(self, "start_candidates", 20)), self.norm)
+                starts[rows] = found_starts
+                noise[rows[found]] = False
+        if noise.any():  # foolbox's default: blended uniform noise
+            rows = noise.nonzero().flatten()
+            init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=_BLEND_STEPS)
+            starts[rows] = init.run(fmodel, x[rows], _criterion(
+                fb, y[rows], None if target is None else target[rows])).to(starts.dtype)
         with torch.no_grad():
             todo = ~_hits(model(x), labels, targeted) & _hits(model(starts), labels, targeted)
         adv = x.clone()
@@ -172,6 +205,45 @@ class _Foolbox(Attack):
                                  starting_points=starts[idx])
             adv[idx] = found.to(adv.dtype)
         return adv
+
+
+StartPool = str | Mapping[str, Any] | ImageDataset
+
+
+def _data_starts(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
+                 pool: StartPool | tuple[torch.Tensor, torch.Tensor], candidates: int,
+                 norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting points from a pool of training images: per input, ``candidates`` pool images of
+    another class (untargeted; of ``labels`` when targeted) drawn uniformly from torch's global
+    RNG (seeded by the attack), queried in one batch; the nearest adversarial one in ``norm``.
+    Returns ``(starts, found)``: ``starts`` holds ``x`` where ``found`` is False."""
+    from advguard.defenses.mixup_inference import pool_tensors
+
+    images, pool_labels = pool_tensors(pool, role="starting-point pool")
+    if tuple(images.shape[1:]) != tuple(x.shape[1:]):
+        raise ConfigError(f"starting-point pool images are {tuple(images.shape[1:])}, the inputs "
+                          f"{tuple(x.shape[1:])}: the pool must come from the inputs' dataset")
+    pool_labels = pool_labels.to(labels.device)
+    rows = []
+    for label in labels.tolist():
+        eligible = ((pool_labels == label) if targeted else (pool_labels != label)
+                    ).nonzero().flatten()
+        if len(eligible) == 0:
+            raise ConfigError(f"the starting-point pool has no image of "
+                              f"{'class' if targeted else 'a class other than'} {label}")
+        rows.append(eligible[torch.randint(len(eligible), (candidates,)).to(eligible.device)])
+    idx = torch.stack(rows).cpu()                                    # (B, candidates)
+    cand = images[idx.flatten()].to(device=x.device, dtype=x.dtype)  # (B·candidates, C, H, W)
+    with torch.no_grad():
+        hit = _hits(model(cand), labels.repeat_interleave(candidates), targeted)
+    hit = hit.view(len(x), candidates)
+    diff = (cand.view(len(x), candidates, -1) - x.flatten(1)[:, None])
+    dist = diff.abs().amax(2) if norm == "linf" else diff.norm(dim=2)
+    best = dist.masked_fill(~hit, float("inf")).argmin(1)
+    found = hit.any(1)
+    chosen = cand.view(len(x), candidates, *x.shape[1:])[torch.arange(len(x)), best]
+    starts = torch.where(found.view(-1, *([1] * (x.dim() - 1))), chosen, x)
+    return starts, found
 
 
 def _criterion(fb: Any, y: torch.Tensor, target: torch.Tensor | None) -> Any:
@@ -267,13 +339,17 @@ class HopSkipJump(_Foolbox):
     ("geometric_progression" | "grid_search"); ``vote_samples`` (15): a model that declares
     ``traits.randomized`` is queried through a majority vote over this many draws, a repeated
     query being answered with its first vote (see the module docstring). Starting points come
-    from foolbox's blended uniform noise search; inputs for which it finds none are returned
-    unchanged. Targeted when called with ``target=``.
+    from foolbox's blended uniform noise search, or with ``start_from`` (a pool spec of training
+    images; None) from the nearest adversarial one of ``start_candidates`` (20) pool images (see
+    the module docstring); inputs for which none is found are returned unchanged. Targeted when
+    called with ``target=``.
 
     Example::
 
         result = HopSkipJump(eps=1.0, steps=20)(model, x, y)
         result = HopSkipJump(eps=1.0)(Pipeline([GaussianNoise(sigma=0.1)], model), x, y)  # voted
+        result = HopSkipJump(eps=0.1, norm="linf", start_from={"dataset": "fashion-mnist"})(
+            model, x, y)
     """
 
     name = "hsj"
@@ -285,6 +361,8 @@ class HopSkipJump(_Foolbox):
     gamma: float = 1.0
     stepsize_search: Literal["geometric_progression", "grid_search"] = "geometric_progression"
     vote_samples: int = 15
+    start_from: StartPool | None = None
+    start_candidates: int = 20
 
     def _build(self, fb: Any) -> Any:
         return fb.attacks.HopSkipJumpAttack(
@@ -308,8 +386,8 @@ class Boundary(_Foolbox):
     ``source_step`` (0.01); ``source_step_convergence`` (1e-7); ``step_adaptation`` (1.5);
     ``update_stats_every_k`` (10); ``vote_samples`` (15): a model that declares
     ``traits.randomized`` is queried through a majority vote over this many draws, as for
-    :class:`HopSkipJump`. Starting points as for :class:`HopSkipJump`. Targeted when called with
-    ``target=``.
+    :class:`HopSkipJump`. Starting points as for :class:`HopSkipJump` (``start_from``,
+    ``start_candidates``). Targeted when called with ``target=``.
 
     Example::
 
@@ -326,6 +404,8 @@ class Boundary(_Foolbox):
     step_adaptation: float = 1.5
     update_stats_every_k: int = 10
     vote_samples: int = 15
+    start_from: StartPool | None = None
+    start_candidates: int = 20
 
     def _build(self, fb: Any) -> Any:
         return fb.attacks.BoundaryAttack(
