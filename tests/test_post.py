@@ -206,6 +206,35 @@ def test_batched_post_training_gives_the_per_input_loops_predictions() -> None:
         assert torch.allclose(d(x), out[8], atol=1e-4)
 
 
+def test_worker_threads_give_the_loops_parameters_bit_for_bit() -> None:
+    """The CPU path: the chunk shared out over worker threads, each with its own model copy and
+    one intra-op thread, equals one input at a time on one thread, whatever the row order; the
+    caller's thread count comes back and its model is untouched."""
+    model, (x, _) = _net(bn=True), _x(10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for workers in (1, 3):
+            d = _defense(model, chunk=8, workers=workers, composition="random_class")  # all train
+            assert not d.vectorized(torch.device("cpu"))
+            with example_draws(x, list(range(10)), seed=4, modules=d):
+                _, _, active, params = d.adapt(x)
+            out[workers] = (active, params)
+            assert torch.get_num_threads() == 1
+        assert int(out[1][0].sum()) >= 4, "the test needs inputs that are post-trained"
+        assert torch.equal(out[1][0], out[3][0])
+        for name, value in out[1][1].items():
+            assert torch.equal(value, out[3][1][name]), name
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(ConfigError, match="workers must be an int >= 1"):
+        _defense(model, workers=0)
+
+
 def test_the_callers_model_and_batchnorm_statistics_are_never_touched() -> None:
     model, (x, _) = _net(bn=True), _x(6)
     model.train()  # the caller's mode must come back as it was

@@ -32,15 +32,26 @@ as MI-OL's (``{"dataset": "fashion-mnist", "root": ...}``; ``split`` "train" or 
 "test"), checked against the model (classes, channels, size) when the defense is built.
 
 **Batched post-training.** The reference code deep-copies the model per input (batch size 1).
-Here ``chunk`` inputs are post-trained at once (``vectorize``; by default on accelerators only:
-on a CPU the vectorized per-sample-weight convolutions ran slower than a loop) as independent
-parameter sets — the parameters
-stacked along a leading dimension and the model run with :func:`torch.func.functional_call`
-under :func:`torch.func.vmap` — each with its own SGD momentum, its own y′/y″ batches and its own
-early exit (inputs with ``y″ = y′`` are not trained). Every random draw of an input (its training
-batches, its FGSM starts, its random classes) is keyed by that input's row key (per example
-inside the evaluation harness), so an input's outcome does not depend on the other inputs of its
-chunk or on ``chunk``: the batched path gives the predictions of the per-input loop.
+Here ``chunk`` inputs are post-trained at once as independent parameter sets, each with its own
+SGD momentum, its own y′/y″ batches and its own early exit (inputs with ``y″ = y′`` are not
+trained), in one of two ways:
+
+* **vectorized** (``vectorize``; by default on accelerators): the parameters stacked along a
+  leading dimension and the model run with :func:`torch.func.functional_call` under
+  :func:`torch.func.vmap`;
+* **worker threads** (by default on a CPU, where the per-sample-weight convolutions ``vmap``
+  produces ran slower than a loop): the inputs shared out over ``workers`` threads (None: torch's
+  intra-op thread count), each with its own copy of the model and one intra-op thread, one input
+  at a time — on two cores 1.2× the rate of one loop on two intra-op threads
+  (benchmarks/results/post_batched.md). Each thread post-trains its own copy because
+  ``functional_call`` swaps parameters into the module it is given.
+
+Every random draw of an input (its training batches, its FGSM starts, its random classes) is keyed
+by that input's row key (per example inside the evaluation harness), so an input's outcome does
+not depend on the other inputs of its chunk, on ``chunk`` or on ``workers``: the batched paths
+give the predictions of the per-input loop (with one intra-op thread per input the worker threads
+give its parameters bit for bit; several intra-op threads sum in an order that varies between
+runs, which FGSM's sign can amplify into parameter differences of ~1e-2).
 
 Traits: randomized (data sampling), **not differentiable** through the fine-tuning, dynamic (an
 attack and an optimization inside the forward pass). Gradients for attackers: the forward pass is
@@ -59,8 +70,11 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import torch
@@ -75,7 +89,7 @@ from advguard.errors import ConfigError
 from advguard.rng import combine, keyed_uniform, row_keys
 from advguard.utils import eval_mode
 
-__all__ = ["PostTrain", "find_neighbours", "post_train_params"]
+__all__ = ["PostTrain", "find_neighbours", "post_train_in_threads", "post_train_params"]
 
 Method = Literal["fast", "pgd", "fixed", "normal"]
 Composition = Literal["neighbour", "random_class", "random"]
@@ -243,6 +257,44 @@ def post_train_params(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: tor
     return params
 
 
+def post_train_in_threads(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1: torch.Tensor,
+                          y2: torch.Tensor, delta: torch.Tensor, *, workers: int,
+                          **kwargs: Any) -> list[dict[str, torch.Tensor]]:
+    """:func:`post_train_params` for each row on its own (parameter sets of one), the rows shared
+    out over ``workers`` threads, each with its own copy of ``model`` (``functional_call`` swaps
+    parameters into the module it runs) and one intra-op thread. Returns one parameter dict
+    {name: (1, ...)} per row, in order; the caller's intra-op thread count is restored."""
+    n = len(keys)
+
+    def rows(first: int) -> Sequence[int]:
+        return range(first, n, workers)
+
+    def train(i: int, net: nn.Module) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = post_train_params(
+            net, pool, keys[i:i + 1], y1[i:i + 1], y2[i:i + 1], delta[i:i + 1], **kwargs)
+        return out
+
+    if workers <= 1 or n <= 1:
+        return [train(i, model) for i in range(n)]
+    results: list[dict[str, torch.Tensor] | None] = [None] * n
+    local = threading.local()
+
+    def work(first: int) -> None:
+        torch.set_num_threads(1)  # per thread: its OpenMP setting, and no oversubscription
+        local.net = copy.deepcopy(model)
+        for i in rows(first):
+            results[i] = train(i, local.net)
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            for future in [ex.submit(work, w) for w in range(min(workers, n))]:
+                future.result()  # re-raise a worker's error
+    finally:
+        torch.set_num_threads(threads)
+    return [r for r in results if r is not None]
+
+
 @DEFENSES.register("post_train", kind="defense",
                    paper="Yan & Ng, Adaptive Modeling Against Adversarial Attacks (POST)")
 class PostTrain(Defense):
@@ -257,7 +309,8 @@ class PostTrain(Defense):
     (1e-3), ``momentum`` (0.9), ``nesterov`` (True), ``train_eps`` (None: ``eps``),
     ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps`` (10, for "pgd"), ``chunk``
     (8 inputs post-trained at once), ``vectorize`` (None: vectorized over the chunk on
-    accelerators, one input at a time on CPU — the same draws and results either way), ``seed``.
+    accelerators; on a CPU the chunk's inputs shared out over ``workers`` threads — the same draws
+    and predictions either way), ``workers`` (None: torch's intra-op thread count), ``seed``.
     """
 
     def __init__(self, model: nn.Module, *,
@@ -269,11 +322,13 @@ class PostTrain(Defense):
                  iterations: int = 50, per_class: int = 128, lr: float = 1e-3,
                  momentum: float = 0.9, nesterov: bool = True, train_eps: float | None = None,
                  train_alpha: float | None = None, train_steps: int = 10, chunk: int = 8,
-                 vectorize: bool | None = None, seed: int = 0) -> None:
+                 vectorize: bool | None = None, workers: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__(seed=seed)
         for name, value, low in (("neighbour_steps", neighbour_steps, 1),
                                  ("iterations", iterations, 0), ("per_class", per_class, 1),
-                                 ("train_steps", train_steps, 1), ("chunk", chunk, 1)):
+                                 ("train_steps", train_steps, 1), ("chunk", chunk, 1),
+                                 ("workers", 1 if workers is None else workers, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         for name, fvalue in (("eps", eps), ("neighbour_alpha", neighbour_alpha), ("lr", lr)):
@@ -292,7 +347,7 @@ class PostTrain(Defense):
         self.train_alpha = float(train_alpha) if train_alpha is not None \
             else self.neighbour_alpha
         self.train_steps, self.chunk = train_steps, chunk
-        self.vectorize = vectorize
+        self.vectorize, self.workers = vectorize, workers
         images, labels, self.num_classes = _pool_tensors(data, model)
         self.pool = _Pool(images, labels)
         self.traits = Traits(randomized=True, differentiable=False, dynamic=True)
@@ -313,7 +368,8 @@ class PostTrain(Defense):
     def vectorized(self, device: torch.device) -> bool:
         """Whether ``chunk`` inputs are post-trained in one vectorized pass (``vectorize``; None:
         on accelerators only — on a CPU the per-sample-weight convolutions vmap produces ran
-        slower than one input at a time, benchmarks/results/post_batched.md)."""
+        slower than one input at a time, benchmarks/results/post_batched.md; there the chunk is
+        shared out over worker threads instead)."""
         return self.vectorize if self.vectorize is not None else device.type != "cpu"
 
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,17 +398,24 @@ class PostTrain(Defense):
             pool = self.pool.to(x.device)
             idx = active.nonzero().flatten()
             parts: list[dict[str, torch.Tensor]] = []
-            step = self.chunk if self.vectorized(x.device) else 1
-            for i in range(0, len(idx), step):
-                rows = idx[i:i + step]
+            kwargs: dict[str, Any] = dict(
+                method=self.method, composition=self.composition, iterations=self.iterations,
+                per_class=self.per_class, lr=self.lr, momentum=self.momentum,
+                nesterov=self.nesterov, train_eps=self.train_eps, train_alpha=self.train_alpha,
+                train_steps=self.train_steps, num_classes=self.num_classes)
+            vectorized = self.vectorized(x.device)
+            workers = 1 if vectorized or x.device.type != "cpu" else \
+                (self.workers or torch.get_num_threads())
+            for i in range(0, len(idx), self.chunk):
+                rows = idx[i:i + self.chunk]
                 with torch.enable_grad():
-                    parts.append(post_train_params(
-                        self.model, pool, keys[rows], y1[rows], y2[rows], delta[rows],
-                        method=self.method, composition=self.composition,
-                        iterations=self.iterations, per_class=self.per_class, lr=self.lr,
-                        momentum=self.momentum, nesterov=self.nesterov,
-                        train_eps=self.train_eps, train_alpha=self.train_alpha,
-                        train_steps=self.train_steps, num_classes=self.num_classes))
+                    if vectorized:
+                        parts.append(post_train_params(self.model, pool, keys[rows], y1[rows],
+                                                       y2[rows], delta[rows], **kwargs))
+                    else:
+                        parts += post_train_in_threads(self.model, pool, keys[rows], y1[rows],
+                                                       y2[rows], delta[rows], workers=workers,
+                                                       **kwargs)
         params = {name: torch.cat([p[name] for p in parts]) if parts else
                   p0.detach().unsqueeze(0)[:0] for name, p0 in self.model.named_parameters()}
         return y1, y2, active, {k: v.detach() for k, v in params.items()}
