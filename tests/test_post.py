@@ -229,6 +229,17 @@ def test_worker_threads_give_the_loops_parameters_bit_for_bit() -> None:
             assert torch.equal(value, out[3][1][name]), name
     finally:
         torch.set_num_threads(threads)
+    # a lone row on a two-thread caller still trains on one thread: the same parameters
+    torch.set_num_threads(2)
+    try:
+        d = _defense(model, chunk=8, workers=2, composition="random_class")
+        with example_draws(x, list(range(10)), seed=4, modules=d):
+            _, _, _, lone = d.adapt(x[:1])
+        assert torch.get_num_threads() == 2
+        for name, value in lone.items():
+            assert torch.equal(value[0], out[1][1][name][0]), name
+    finally:
+        torch.set_num_threads(threads)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     with pytest.raises(ConfigError, match="workers must be an int >= 1"):

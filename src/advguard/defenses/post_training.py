@@ -274,8 +274,10 @@ def post_train_in_threads(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1:
             net, pool, keys[i:i + 1], y1[i:i + 1], y2[i:i + 1], delta[i:i + 1], **kwargs)
         return out
 
-    if workers <= 1 or n <= 1:
+    if workers <= 1:
         return [train(i, model) for i in range(n)]
+    # from here every row trains on one intra-op thread, a lone row too: its parameters then do
+    # not depend on how many rows share its call
     results: list[dict[str, torch.Tensor] | None] = [None] * n
     local = threading.local()
 
