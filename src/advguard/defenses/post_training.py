@@ -42,9 +42,9 @@ trained), in one of two ways:
 * **worker threads** (by default on a CPU, where the per-sample-weight convolutions ``vmap``
   produces ran slower than a loop): the inputs shared out over ``workers`` threads (None: torch's
   intra-op thread count), each with its own copy of the model and one intra-op thread, one input
-  at a time — on two cores 1.2× the rate of one loop on two intra-op threads
-  (benchmarks/results/post_batched.md). Each thread post-trains its own copy because
-  ``functional_call`` swaps parameters into the module it is given.
+  at a time — on two cores 1.10× (B = 8) and 1.16× (B = 32) the rate of the reference loop on
+  two intra-op threads (benchmarks/results/post_batched.md). Each thread post-trains its own
+  copy because ``functional_call`` swaps parameters into the module it is given.
 
 Every random draw of an input (its training batches, its FGSM starts, its random classes) is keyed
 by that input's row key (per example inside the evaluation harness), so an input's outcome does
@@ -72,8 +72,7 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -266,9 +265,6 @@ def post_train_in_threads(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1:
     {name: (1, ...)} per row, in order; the caller's intra-op thread count is restored."""
     n = len(keys)
 
-    def rows(first: int) -> Sequence[int]:
-        return range(first, n, workers)
-
     def train(i: int, net: nn.Module) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = post_train_params(
             net, pool, keys[i:i + 1], y1[i:i + 1], y2[i:i + 1], delta[i:i + 1], **kwargs)
@@ -279,13 +275,12 @@ def post_train_in_threads(model: nn.Module, pool: _Pool, keys: torch.Tensor, y1:
     # from here every row trains on one intra-op thread, a lone row too: its parameters then do
     # not depend on how many rows share its call
     results: list[dict[str, torch.Tensor] | None] = [None] * n
-    local = threading.local()
 
-    def work(first: int) -> None:
+    def work(first: int) -> None:  # rows first, first + workers, ... on one thread
         torch.set_num_threads(1)  # per thread: its OpenMP setting, and no oversubscription
-        local.net = copy.deepcopy(model)
-        for i in rows(first):
-            results[i] = train(i, local.net)
+        net = copy.deepcopy(model)
+        for i in range(first, n, workers):
+            results[i] = train(i, net)
 
     threads = torch.get_num_threads()
     try:
