@@ -378,7 +378,7 @@ def test_pool_starts_skip_inputs_already_misclassified() -> None:
                          start_candidates=20)(model, wrong, torch.zeros(2, dtype=torch.int64),
                                               generator=gen())
     assert bool(result.success.all()) and torch.equal(result.adv, wrong)
-    assert result.queries <= 5  # clean checks (base, start search, todo, final): no candidates
+    assert result.queries <= 5  # clean checks (the base's, the start search's, the final one)
 
 
 def test_data_starts_pick_the_nearest_adversarial_candidate() -> None:

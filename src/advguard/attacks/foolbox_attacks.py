@@ -179,10 +179,12 @@ class _Foolbox(Attack):
         labels, targeted = (y, False) if target is None else (target, True)
         starts = x.clone()
         noise = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        wrong: torch.Tensor | None = None  # the clean inputs the model already gets wrong
         pool = getattr(self, "start_from", None)
         if pool is not None:  # inputs the model already gets wrong need no start
             with torch.no_grad():
-                noise = ~_hits(model(x), labels, targeted)
+                wrong = _hits(model(x), labels, targeted)
+            noise = ~wrong
             rows = noise.nonzero().flatten()
             if rows.numel():
                 found_starts, found = _data_starts(
@@ -196,7 +198,9 @@ class _Foolbox(Attack):
             starts[rows] = init.run(fmodel, x[rows], _criterion(
                 fb, y[rows], None if target is None else target[rows])).to(starts.dtype)
         with torch.no_grad():
-            todo = ~_hits(model(x), labels, targeted) & _hits(model(starts), labels, targeted)
+            if wrong is None:
+                wrong = _hits(model(x), labels, targeted)
+            todo = ~wrong & _hits(model(starts), labels, targeted)
         adv = x.clone()
         idx = todo.nonzero().flatten()
         if idx.numel():

@@ -32,13 +32,13 @@ as MI-OL's (``{"dataset": "fashion-mnist", "root": ...}``; ``split`` "train" or 
 "test"), checked against the model (classes, channels, size) when the defense is built.
 
 **Batched post-training.** The reference code deep-copies the model per input (batch size 1).
-Here ``chunk`` inputs are post-trained at once as independent parameter sets, each with its own
-SGD momentum, its own y′/y″ batches and its own early exit (inputs with ``y″ = y′`` are not
-trained), in one of two ways:
+Here the inputs of a call are post-trained as independent parameter sets, each with its own SGD
+momentum, its own y′/y″ batches and its own early exit (inputs with ``y″ = y′`` are not trained),
+in one of two ways:
 
-* **vectorized** (``vectorize``; by default on accelerators): the parameters stacked along a
-  leading dimension and the model run with :func:`torch.func.functional_call` under
-  :func:`torch.func.vmap`;
+* **vectorized** (``vectorize``; by default on accelerators): ``chunk`` inputs at a time, the
+  parameters stacked along a leading dimension and the model run with
+  :func:`torch.func.functional_call` under :func:`torch.func.vmap`;
 * **worker threads** (by default on a CPU, where the per-sample-weight convolutions ``vmap``
   produces ran slower than a loop): the inputs shared out over ``workers`` threads (None: torch's
   intra-op thread count), each with its own copy of the model and one intra-op thread, one input
@@ -305,9 +305,9 @@ class PostTrain(Defense):
     ``iterations`` (50), ``per_class`` (128: M/2, the base model's batch size), ``lr``
     (1e-3), ``momentum`` (0.9), ``nesterov`` (True), ``train_eps`` (None: ``eps``),
     ``train_alpha`` (None: ``neighbour_alpha``), ``train_steps`` (10, for "pgd"), ``chunk``
-    (8 inputs post-trained at once), ``vectorize`` (None: vectorized over the chunk on
-    accelerators; on a CPU the chunk's inputs shared out over ``workers`` threads — the same draws
-    and predictions either way), ``workers`` (None: torch's intra-op thread count), ``seed``.
+    (8 inputs per vectorized pass), ``vectorize`` (None: vectorized on accelerators; on a CPU
+    the inputs shared out over ``workers`` threads — the same draws and predictions either
+    way), ``workers`` (None: torch's intra-op thread count), ``seed``.
     """
 
     def __init__(self, model: nn.Module, *,
@@ -365,7 +365,7 @@ class PostTrain(Defense):
     def vectorized(self, device: torch.device) -> bool:
         """Whether ``chunk`` inputs are post-trained in one vectorized pass (``vectorize``; None:
         on accelerators only — on a CPU the per-sample-weight convolutions vmap produces ran
-        slower than one input at a time, benchmarks/results/post_batched.md; there the chunk is
+        slower than one input at a time, benchmarks/results/post_batched.md; there the inputs are
         shared out over worker threads instead)."""
         return self.vectorize if self.vectorize is not None else device.type != "cpu"
 
@@ -394,7 +394,6 @@ class PostTrain(Defense):
                 torch.ones_like(y1, dtype=torch.bool)
             pool = self.pool.to(x.device)
             idx = active.nonzero().flatten()
-            parts: list[dict[str, torch.Tensor]] = []
             kwargs: dict[str, Any] = dict(
                 method=self.method, composition=self.composition, iterations=self.iterations,
                 per_class=self.per_class, lr=self.lr, momentum=self.momentum,
@@ -403,16 +402,14 @@ class PostTrain(Defense):
             vectorized = self.vectorized(x.device)
             workers = 1 if vectorized or x.device.type != "cpu" else \
                 (self.workers or torch.get_num_threads())
-            for i in range(0, len(idx), self.chunk):
-                rows = idx[i:i + self.chunk]
-                with torch.enable_grad():
-                    if vectorized:
-                        parts.append(post_train_params(self.model, pool, keys[rows], y1[rows],
-                                                       y2[rows], delta[rows], **kwargs))
-                    else:
-                        parts += post_train_in_threads(self.model, pool, keys[rows], y1[rows],
-                                                       y2[rows], delta[rows], workers=workers,
-                                                       **kwargs)
+            with torch.enable_grad():
+                if vectorized:  # chunk inputs per vectorized pass
+                    parts = [post_train_params(self.model, pool, keys[rows], y1[rows], y2[rows],
+                                               delta[rows], **kwargs)
+                             for rows in idx.split(self.chunk)]
+                else:  # one parameter set per input, all of them shared out over the workers
+                    parts = post_train_in_threads(self.model, pool, keys[idx], y1[idx], y2[idx],
+                                                  delta[idx], workers=workers, **kwargs)
         params = {name: torch.cat([p[name] for p in parts]) if parts else
                   p0.detach().unsqueeze(0)[:0] for name, p0 in self.model.named_parameters()}
         return y1, y2, active, {k: v.detach() for k, v in params.items()}
