@@ -32,6 +32,7 @@ from advguard.attacks.foolbox_attacks import HopSkipJump
 from advguard.checkpoint import load_checkpoint
 from advguard.data import load_dataset
 from advguard.defenses.post_training import find_neighbours
+from advguard.errors import AdvguardError
 from advguard.utils import environment_info
 
 
@@ -173,10 +174,13 @@ def main() -> int:
         f"gradient estimate, blended-noise start; each attack call given a generator seeded "
         f"with {args.seed}) on the model alone, first {args.n} {args.dataset} test images.",
     ]
-    data = load_dataset(args.dataset, "test")
-    for path in args.model:
-        lines += ["", f"## {path}", "", *_measure(path, data.images[:args.n],
-                                                     data.labels[:args.n], args)]
+    try:
+        data = load_dataset(args.dataset, "test")
+        for path in args.model:
+            lines += ["", f"## {path}", "", *_measure(path, data.images[:args.n],
+                                                         data.labels[:args.n], args)]
+    except AdvguardError as exc:  # a missing or unreadable checkpoint, an unknown dataset...
+        parser.exit(2, f"bench_hsj_queries: error: {exc}\n")
     return write_report(lines, args.output)
 
 
