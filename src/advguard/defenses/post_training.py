@@ -399,15 +399,14 @@ class PostTrain(Defense):
                 per_class=self.per_class, lr=self.lr, momentum=self.momentum,
                 nesterov=self.nesterov, train_eps=self.train_eps, train_alpha=self.train_alpha,
                 train_steps=self.train_steps, num_classes=self.num_classes)
-            vectorized = self.vectorized(x.device)
-            workers = 1 if vectorized or x.device.type != "cpu" else \
-                (self.workers or torch.get_num_threads())
             with torch.enable_grad():
-                if vectorized:  # chunk inputs per vectorized pass
+                if self.vectorized(x.device):  # chunk inputs per vectorized pass
                     parts = [post_train_params(self.model, pool, keys[rows], y1[rows], y2[rows],
                                                delta[rows], **kwargs)
                              for rows in idx.split(self.chunk)]
-                else:  # one parameter set per input, all of them shared out over the workers
+                else:  # one parameter set per input, shared out over worker threads on a CPU
+                    workers = (self.workers or torch.get_num_threads()) \
+                        if x.device.type == "cpu" else 1
                     parts = post_train_in_threads(self.model, pool, keys[idx], y1[idx], y2[idx],
                                                   delta[idx], workers=workers, **kwargs)
         params = {name: torch.cat([p[name] for p in parts]) if parts else
